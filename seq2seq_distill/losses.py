@@ -1,0 +1,226 @@
+"""Distillation loss terms as plain functions on tensors.
+
+Every function here returns a *sum* over the rows (tokens or examples) it is given, never a mean: the trainer
+divides by the number of supervised positions in the whole optimizer step, which is what makes gradient
+accumulation exact. Callers select the supervised rows *before* calling (mask first, softmax second), so padding
+never enters a softmax.
+
+Divergences live in a small registry so that a setting such as ``divergence="reverse_kl"`` maps to a function and
+users can add their own with :func:`register_divergence` without touching the trainer. This module imports only
+torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class Divergence(Protocol):
+    def __call__(self, student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float) -> torch.Tensor:
+        """Per-row divergence ``[N]`` between two ``[N, V]`` tensors of log-probabilities."""
+
+
+DIVERGENCES: dict[str, Divergence] = {}
+
+
+def register_divergence(name: str) -> Callable[[Divergence], Divergence]:
+    """Register ``fn(student_log_probs [N, V], teacher_log_probs [N, V], beta) -> [N]`` under ``name``."""
+
+    def decorator(fn: Divergence) -> Divergence:
+        if name in DIVERGENCES:
+            raise ValueError(f"divergence {name!r} is already registered")
+        DIVERGENCES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_divergence(name: str) -> Divergence:
+    if name not in DIVERGENCES:
+        known = ", ".join(sorted(DIVERGENCES))
+        raise ValueError(f"unknown divergence {name!r}; choose one of: {known} (set --divergence)")
+    return DIVERGENCES[name]
+
+
+def _kl_from_log_probs(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row; rows where p is exactly zero contribute nothing (0 log 0 = 0)."""
+    return F.kl_div(q_log, p_log, log_target=True, reduction="none").sum(-1)
+
+
+def _log_mixture(a_log: torch.Tensor, b_log: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(weight_a * a + (1 - weight_a) * b), computed in log space without leaving it."""
+    if weight_a <= 0.0:
+        return b_log
+    if weight_a >= 1.0:
+        return a_log
+    return torch.logaddexp(a_log + math.log(weight_a), b_log + math.log1p(-weight_a))
+
+
+@register_divergence("forward_kl")
+def forward_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(teacher || student): mean-seeking, the classic Hinton KD term."""
+    return _kl_from_log_probs(teacher_log_probs, student_log_probs)
+
+
+@register_divergence("reverse_kl")
+def reverse_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(student || teacher): mode-seeking, favoured for generative students (MiniLLM)."""
+    return _kl_from_log_probs(student_log_probs, teacher_log_probs)
+
+
+@register_divergence("generalized_jsd")
+def generalized_jsd(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """beta * KL(t || m) + (1 - beta) * KL(s || m) with m = beta * t + (1 - beta) * s (GKD's form).
+
+    beta = 0.5 is the Jensen-Shannon divergence; beta -> 0 and beta -> 1 approach scaled forward / reverse KL.
+    """
+    mixture_log = _log_mixture(teacher_log_probs, student_log_probs, beta)
+    return beta * _kl_from_log_probs(teacher_log_probs, mixture_log) + (1.0 - beta) * _kl_from_log_probs(
+        student_log_probs, mixture_log
+    )
+
+
+@register_divergence("js")
+def jensen_shannon(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Symmetric Jensen-Shannon divergence (ignores beta; use ``generalized_jsd`` to weight it)."""
+    return generalized_jsd(student_log_probs, teacher_log_probs, 0.5)
+
+
+@register_divergence("skew_kl")
+def skew_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """KL(t || beta * t + (1 - beta) * s) (DistiLLM's skew KL): forward KL kept finite where the student is ~0."""
+    return _kl_from_log_probs(teacher_log_probs, _log_mixture(teacher_log_probs, student_log_probs, beta))
+
+
+@register_divergence("skew_reverse_kl")
+def skew_reverse_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """KL(s || beta * s + (1 - beta) * t) (DistiLLM's skew reverse KL)."""
+    return _kl_from_log_probs(student_log_probs, _log_mixture(student_log_probs, teacher_log_probs, beta))
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Task loss: summed cross-entropy of ``logits [N, C]`` against ``labels [N]`` (-100 rows ignored)."""
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum", label_smoothing=label_smoothing)
+
+
+def logit_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Summed divergence between temperature-softened distributions, times T².
+
+    ``student_logits`` and ``teacher_logits`` are ``[N, V]``, already restricted to supervised rows. The T² factor
+    keeps the gradient scale independent of the temperature (Hinton et al., 2015), so the KD weight means the same
+    thing at every T. Both log-softmaxes are taken once, in float32.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
+    divergence_fn = get_divergence(divergence)
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return divergence_fn(student_log_probs, teacher_log_probs, beta).sum() * temperature**2
+
+
+def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, *, kind: str = "mse") -> torch.Tensor:
+    """Summed per-token distance between ``[N, D]`` hidden states (project the student first if sizes differ).
+
+    ``mse`` is the squared error averaged over the hidden dimension; ``cosine`` is ``1 - cos`` (DistilBERT's
+    cosine embedding loss), which ignores the scale of the hidden states.
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"hidden states differ in shape: student {tuple(student_hidden.shape)}, teacher "
+            f"{tuple(teacher_hidden.shape)}; a projection must map the student's size to the teacher's"
+        )
+    student_hidden, teacher_hidden = student_hidden.float(), teacher_hidden.float()
+    if kind == "mse":
+        return (student_hidden - teacher_hidden).pow(2).mean(-1).sum()
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)).sum()
+    raise ValueError(f"unknown hidden loss {kind!r}; choose mse or cosine (set --hidden_loss)")
+
+
+def align_attention_heads(student_attention: torch.Tensor, teacher_attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring ``[B, H, Q, K]`` attention maps to the same head count.
+
+    Equal counts pair heads one to one; when the teacher's count is a multiple of the student's, each student head
+    is compared with the mean of its group of teacher heads; otherwise both sides are averaged over all heads.
+    """
+    student_heads, teacher_heads = student_attention.shape[1], teacher_attention.shape[1]
+    if student_heads == teacher_heads:
+        return student_attention, teacher_attention
+    if teacher_heads % student_heads == 0:
+        batch, _, queries, keys = teacher_attention.shape
+        grouped = teacher_attention.reshape(batch, student_heads, teacher_heads // student_heads, queries, keys)
+        return student_attention, grouped.mean(2)
+    return student_attention.mean(1, keepdim=True), teacher_attention.mean(1, keepdim=True)
+
+
+def attention_transfer_loss(
+    student_attention: torch.Tensor,
+    teacher_attention: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    kind: str = "kl",
+) -> torch.Tensor:
+    """Summed over the masked query positions: the per-row distance between attention maps, averaged over heads.
+
+    ``student_attention`` is ``[B, Hs, Q, K]``, ``teacher_attention`` ``[B, Ht, Q, K]`` (probabilities, rows sum
+    to 1), ``query_mask`` ``[B, Q]`` (True = keep). ``kl`` is KL(teacher row || student row) as in MiniLM; ``mse``
+    is the squared error summed over keys.
+    """
+    student_attention, teacher_attention = align_attention_heads(student_attention, teacher_attention)
+    query_mask = query_mask.bool()
+    # [B, H, Q, K] -> [N, H, K] on kept query rows only, so padding rows cost nothing below.
+    student_rows = student_attention.float().transpose(1, 2)[query_mask]
+    teacher_rows = teacher_attention.float().transpose(1, 2)[query_mask]
+    if kind == "kl":
+        per_row = (torch.xlogy(teacher_rows, teacher_rows) - teacher_rows * torch.log(student_rows.clamp_min(1e-12))).sum(-1)
+    elif kind == "mse":
+        per_row = (student_rows - teacher_rows).pow(2).sum(-1)
+    else:
+        raise ValueError(f"unknown attention loss {kind!r}; choose kl or mse (set --attention_loss)")
+    return per_row.mean(-1).sum()
+
+
+def norm_statistics_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Summed over tokens: squared gaps in the per-token mean and log-variance over the hidden dimension.
+
+    These are the statistics a LayerNorm computes for each token; matching them keeps the student's activations
+    on the teacher's scale. Log-variance makes the term scale-free, and since only per-token scalars are
+    compared, it needs no projection when hidden sizes differ. Inputs are ``[N, Ds]`` and ``[N, Dt]``.
+    """
+    student_hidden, teacher_hidden = student_hidden.float(), teacher_hidden.float()
+    mean_gap = student_hidden.mean(-1) - teacher_hidden.mean(-1)
+    log_var_gap = torch.log(student_hidden.var(-1, unbiased=False) + eps) - torch.log(
+        teacher_hidden.var(-1, unbiased=False) + eps
+    )
+    return (mean_gap.pow(2) + log_var_gap.pow(2)).sum()
+
+
+__all__ = [
+    "DIVERGENCES",
+    "align_attention_heads",
+    "attention_transfer_loss",
+    "cross_entropy_sum",
+    "forward_kl",
+    "generalized_jsd",
+    "get_divergence",
+    "hidden_state_loss",
+    "jensen_shannon",
+    "logit_distillation_loss",
+    "norm_statistics_loss",
+    "register_divergence",
+    "reverse_kl",
+    "skew_kl",
+    "skew_reverse_kl",
+]

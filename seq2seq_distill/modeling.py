@@ -1,0 +1,157 @@
+"""Tasks, model loading and teacher placement: the few decisions every entry point makes the same way."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("seq2seq", "classification", "causal_lm")
+AUTO_MODEL_CLASSES = {
+    "seq2seq": AutoModelForSeq2SeqLM,
+    "classification": AutoModelForSequenceClassification,
+    "causal_lm": AutoModelForCausalLM,
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def task_of_model(model: PreTrainedModel) -> str:
+    """``seq2seq``, ``classification`` or ``causal_lm``, read off the model's head class."""
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
+        return "causal_lm"
+    if name.endswith("ForSequenceClassification"):
+        return "classification"
+    raise ValueError(f"{name} has no supported head; use a seq2seq LM, a causal LM or a sequence-classification model")
+
+
+def task_of_config(config) -> str:
+    """Task a saved checkpoint was built for, from ``config.architectures``."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    for architecture in getattr(config, "architectures", None) or []:
+        if architecture.endswith("ForSequenceClassification"):
+            return "classification"
+        if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+            return "causal_lm"
+    raise ValueError(
+        f"cannot tell the task of a {config.model_type!r} checkpoint from its config; set --task ({', '.join(TASKS)})"
+    )
+
+
+def load_model(
+    name_or_path: str,
+    task: str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    **kwargs,
+) -> PreTrainedModel:
+    """Load a hub name or local folder with the Auto class of its task (safetensors preferred, no remote code)."""
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    task = task or task_of_config(config)
+    if task not in AUTO_MODEL_CLASSES:
+        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)} (set --task)")
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return AUTO_MODEL_CLASSES[task].from_pretrained(
+        name_or_path,
+        config=config,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=_prefer_safetensors(name_or_path),
+        **kwargs,
+    )
+
+
+def _prefer_safetensors(name_or_path: str) -> bool | None:
+    """Insist on safetensors for local folders that have them; hub repos decide for themselves (None)."""
+    if os.path.isdir(name_or_path):
+        return any(name.endswith(".safetensors") for name in os.listdir(name_or_path)) or None
+    return None
+
+
+def resolve_teacher_dtype(requested: str | None, device: torch.device, train_bf16: bool, train_fp16: bool) -> torch.dtype:
+    """The teacher's dtype: the user's choice, else the training precision on accelerators, else float32.
+
+    On a CPU the default is always float32: bf16 matmuls measured several times slower than fp32 on the CPUs this
+    project is tested on, even where the CPU reports bf16 instructions.
+    """
+    if requested not in (None, "auto"):
+        if requested not in DTYPES:
+            raise ValueError(f"unknown teacher dtype {requested!r}; choose one of: auto, {', '.join(DTYPES)}")
+        if device.type == "cpu" and requested != "float32":
+            logger.warning("teacher_dtype=%s on a CPU: low-precision matmuls are often slower than fp32 here", requested)
+        return DTYPES[requested]
+    if device.type == "cpu":
+        if train_bf16 or train_fp16:
+            logger.info("keeping the teacher in float32 on CPU (low precision is slower here); set --teacher_dtype to override")
+        return torch.float32
+    if train_bf16:
+        return torch.bfloat16
+    if train_fp16:
+        return torch.float16
+    return torch.float32
+
+
+def freeze_teacher(teacher: PreTrainedModel, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """Eval mode, no gradients, on the student's device in ``dtype``: the teacher only ever runs inference."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher.to(device=device, dtype=dtype)
+
+
+def output_rows(model: PreTrainedModel) -> int:
+    """Rows of the output layer: vocabulary rows for LM heads, classes for classifiers."""
+    if task_of_model(model) == "classification":
+        return int(model.config.num_labels)
+    output_embeddings = model.get_output_embeddings()
+    if output_embeddings is not None:
+        return int(output_embeddings.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int | None, task: str) -> int:
+    """How many output rows the student and teacher share.
+
+    Equal sizes share them all. LM heads padded to different row counts (T5: 32,100 tokens, 32,128 rows) share the
+    smaller count, provided the tokenizer's tokens all fit in it: rows past the tokenizer are never targets. Any
+    other difference is a real vocabulary mismatch.
+    """
+    if student_rows == teacher_rows:
+        return student_rows
+    if task == "classification":
+        raise ValueError(
+            f"the student has {student_rows} labels but the teacher has {teacher_rows}; "
+            "give both the same label set (num_labels / id2label)"
+        )
+    smaller = min(student_rows, teacher_rows)
+    if tokenizer_size is not None and tokenizer_size <= smaller:
+        logger.info(
+            "student has %d vocabulary rows and teacher %d; the tokenizer has %d tokens, so the first %d rows are compared",
+            student_rows,
+            teacher_rows,
+            tokenizer_size,
+            smaller,
+        )
+        return smaller
+    hint = (
+        f"the tokenizer has {tokenizer_size} tokens"
+        if tokenizer_size is not None
+        else "pass the tokenizer as processing_class= so padded rows can be told from real tokens"
+    )
+    raise ValueError(
+        f"vocabulary mismatch: the student has {student_rows} vocabulary rows but the teacher has {teacher_rows} "
+        f"({hint}); distill between models that share a tokenizer"
+    )

@@ -1,0 +1,150 @@
+"""Build a smaller student of the teacher's family by copying layers (the distilbart / DistilBERT recipe)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+from transformers import PreTrainedModel
+
+from .families import Family, family_of, layer_list_prefix, num_layers
+from .layer_maps import check_layer_map, spread_layers
+from .modeling import load_model
+
+logger = logging.getLogger(__name__)
+
+
+def create_student(
+    teacher: PreTrainedModel | str,
+    *,
+    num_encoder_layers: int | None = None,
+    num_decoder_layers: int | None = None,
+    num_layers: int | None = None,
+    encoder_layer_map: Sequence[int] | None = None,
+    decoder_layer_map: Sequence[int] | None = None,
+    layer_map: Sequence[int] | None = None,
+    hidden_dim: int | None = None,
+    vocab_size: int | None = None,
+) -> PreTrainedModel:
+    """A student with fewer layers, each a copy of a teacher layer.
+
+    T5 / BART take ``num_encoder_layers`` and ``num_decoder_layers``, BERT-style encoders ``num_encoder_layers``,
+    GPT-2 ``num_layers``; a stack left unspecified keeps all its layers. Layers are spread evenly keeping the first
+    and last (12 -> 6 copies 0, 2, 4, 7, 9, 11) unless an explicit ``*_layer_map`` lists them. Embeddings, norms,
+    the LM head and classifier head are copied too. With a ``hidden_dim`` different from the teacher's nothing can
+    be copied: the student is a freshly initialized smaller config. The map is recorded in
+    ``config.student_layer_map`` either way (the trainer uses it to pair layers for feature distillation).
+    """
+    if isinstance(teacher, str):
+        teacher = load_model(teacher)
+    family = family_of(teacher.config)
+    requested = {
+        "num_encoder_layers": num_encoder_layers,
+        "num_decoder_layers": num_decoder_layers,
+        "num_layers": num_layers,
+        "encoder_layer_map": encoder_layer_map,
+        "decoder_layer_map": decoder_layer_map,
+        "layer_map": layer_map,
+    }
+    layer_maps = _layer_maps(teacher, family, requested)
+
+    config = copy.deepcopy(teacher.config)
+    for stack in family.stacks:
+        setattr(config, stack.num_layers_attr, len(layer_maps[stack.role]))
+    teacher_hidden = getattr(config, family.hidden_size_attr)
+    fresh = hidden_dim is not None and hidden_dim != teacher_hidden
+    if fresh:
+        _shrink_hidden_size(config, family, teacher_hidden, hidden_dim)
+        if vocab_size is not None:
+            config.vocab_size = vocab_size
+        logger.warning(
+            "hidden size %d differs from the teacher's %d: layers cannot be copied, the student is freshly initialized",
+            hidden_dim,
+            teacher_hidden,
+        )
+    config.student_layer_map = layer_maps
+    config.student_init = "fresh" if fresh else "copied"
+    config.distilled_from = teacher.name_or_path or type(teacher).__name__
+    config.architectures = [type(teacher).__name__]
+
+    student = type(teacher)(config)
+    if not fresh:
+        _copy_teacher_weights(teacher, student, family, layer_maps)
+        if vocab_size is not None and vocab_size != student.get_input_embeddings().weight.shape[0]:
+            student.resize_token_embeddings(vocab_size)
+    if teacher.can_generate():
+        student.generation_config = copy.deepcopy(teacher.generation_config)
+    return student
+
+
+def _layer_maps(teacher: PreTrainedModel, family: Family, requested: dict) -> dict[str, list[int]]:
+    roles = {stack.role for stack in family.stacks}
+    allowed = {arg for stack in family.stacks for arg in (stack.count_argument, stack.map_argument)}
+    misplaced = [name for name, value in requested.items() if value is not None and name not in allowed]
+    if misplaced:
+        raise ValueError(f"{family.name} models take {', '.join(sorted(allowed))}, not {', '.join(misplaced)}")
+    maps: dict[str, list[int]] = {}
+    for stack in family.stacks:
+        teacher_layers = num_layers(teacher.config, stack)
+        count, explicit = requested[stack.count_argument], requested[stack.map_argument]
+        if count is not None and count > teacher_layers:
+            raise ValueError(
+                f"{stack.count_argument}={count} is more than the teacher's {teacher_layers} {stack.role} layers; "
+                f"a student must be smaller: choose at most {teacher_layers}"
+            )
+        if explicit is not None:
+            count = len(explicit) if count is None else count
+            maps[stack.role] = check_layer_map(explicit, teacher_layers, count, stack.map_argument)
+        else:
+            maps[stack.role] = spread_layers(teacher_layers, teacher_layers if count is None else count)
+    assert set(maps) == roles
+    return maps
+
+
+def _shrink_hidden_size(config, family: Family, teacher_hidden: int, hidden_dim: int) -> None:
+    """Scale widths with the hidden size and keep the teacher's attention head size."""
+    if hidden_dim < 1:
+        raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
+    ratio = hidden_dim / teacher_hidden
+    setattr(config, family.hidden_size_attr, hidden_dim)
+    for attr in family.ffn_size_attrs:
+        width = getattr(config, attr, None)
+        if width is not None:
+            setattr(config, attr, max(1, round(width * ratio)))
+    for attr in family.head_count_attrs:
+        heads = getattr(config, attr)
+        if family.head_size_attr is not None:  # T5: d_kv is independent of d_model, keep it, scale the head count
+            setattr(config, attr, max(1, round(heads * ratio)))
+            continue
+        head_size = teacher_hidden // heads
+        if hidden_dim % head_size:
+            raise ValueError(
+                f"hidden_dim={hidden_dim} is not a multiple of the teacher's attention head size {head_size}; "
+                f"choose a multiple of {head_size}"
+            )
+        setattr(config, attr, hidden_dim // head_size)
+
+
+def _copy_teacher_weights(
+    teacher: PreTrainedModel, student: PreTrainedModel, family: Family, layer_maps: dict[str, list[int]]
+) -> None:
+    """Load every student tensor from the teacher: layer ``i`` of a stack from teacher layer ``map[i]``."""
+    teacher_state = teacher.state_dict()
+    prefixes = [
+        (layer_list_prefix(student, stack) + ".", layer_list_prefix(teacher, stack), layer_maps[stack.role])
+        for stack in family.stacks
+    ]
+    student_state = {}
+    for key in student.state_dict():
+        source_key = key
+        for student_prefix, teacher_prefix, layer_map in prefixes:
+            if key.startswith(student_prefix):
+                index, rest = key[len(student_prefix) :].split(".", 1)
+                mapped = f"{teacher_prefix}.{layer_map[int(index)]}.{rest}"
+                # T5 keeps its relative position bias in block 0 only: a student block 0 copied from a deeper
+                # teacher block still takes the bias from teacher block 0.
+                source_key = mapped if mapped in teacher_state else key
+                break
+        student_state[key] = teacher_state[source_key]
+    student.load_state_dict(student_state, strict=True)

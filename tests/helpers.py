@@ -1,0 +1,57 @@
+"""Data and training helpers shared by the tests (tiny models, real stdlib text, no network)."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainerCallback
+
+from seq2seq_distill.stdlib_corpus import build_classification_corpus, build_summarization_corpus
+
+LABELS = ("text", "files", "network", "concurrency", "math")
+
+
+def seq2seq_dataset(tokenizer, size: int = 32, offset: int = 0, source_len: int = 48, target_len: int = 12) -> Dataset:
+    rows = build_summarization_corpus()[offset : offset + size]
+    encoded = tokenizer([r["document"] for r in rows], truncation=True, max_length=source_len)
+    targets = tokenizer([r["summary"] for r in rows], truncation=True, max_length=target_len)
+    return Dataset.from_dict({**encoded, "labels": targets["input_ids"]})
+
+
+def classification_dataset(tokenizer, size: int = 32, offset: int = 0, max_len: int = 48) -> Dataset:
+    rows = build_classification_corpus()[offset : offset + size]
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_len)
+    return Dataset.from_dict({**encoded, "labels": [LABELS.index(r["label"]) for r in rows]})
+
+
+def causal_dataset(tokenizer, size: int = 32, offset: int = 0, max_len: int = 24) -> Dataset:
+    """Prompt = first words of a docstring body, completion = its summary; labels -100 on the prompt."""
+    rows = build_summarization_corpus()[offset : offset + size]
+    input_ids, labels = [], []
+    for row in rows:
+        prompt = tokenizer(" ".join(row["document"].split()[:8]))["input_ids"]
+        completion = tokenizer(row["summary"])["input_ids"] + [tokenizer.eos_token_id]
+        ids = (prompt + completion)[:max_len]
+        input_ids.append(ids)
+        labels.append(([-100] * len(prompt) + completion)[:max_len])
+    return Dataset.from_dict({"input_ids": input_ids, "attention_mask": [[1] * len(i) for i in input_ids], "labels": labels})
+
+
+def collator_for(task: str, tokenizer, model=None):
+    if task == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    return DataCollatorForSeq2Seq(tokenizer, model=model if task == "seq2seq" else None, label_pad_token_id=-100)
+
+
+class GradientRecorder(TrainerCallback):
+    """Copies every gradient just before each optimizer step (after accumulation, before clipping is applied)."""
+
+    def __init__(self):
+        self.gradients: list[dict[str, torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradients.append({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None})
+
+
+def parameters_copy(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
