@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+from .errors import InputError
 from .losses import DIVERGENCES
 
 HIDDEN_LOSSES = ("mse", "cosine")
@@ -110,23 +111,23 @@ class DistillationSettings:
         for name in WEIGHT_NAMES:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+                raise InputError(f"{name} must be a number >= 0, got {value!r}")
         if all(getattr(self, name) == 0 for name in WEIGHT_NAMES):
-            raise ValueError("every loss weight is 0, so nothing would be trained; set --ce_weight or --kd_weight > 0")
+            raise InputError("every loss weight is 0, so nothing would be trained; set --ce_weight or --kd_weight > 0")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+            raise InputError(f"temperature must be > 0, got {self.temperature!r}")
         if self.divergence not in DIVERGENCES:
-            raise ValueError(
+            raise InputError(
                 f"unknown divergence {self.divergence!r}; choose one of: {', '.join(sorted(DIVERGENCES))} (set --divergence)"
             )
         if not 0.0 <= self.divergence_beta <= 1.0:
-            raise ValueError(f"divergence_beta must be in [0, 1], got {self.divergence_beta!r}")
+            raise InputError(f"divergence_beta must be in [0, 1], got {self.divergence_beta!r}")
         if self.hidden_loss not in HIDDEN_LOSSES:
-            raise ValueError(f"unknown hidden_loss {self.hidden_loss!r}; choose one of: {', '.join(HIDDEN_LOSSES)}")
+            raise InputError(f"unknown hidden_loss {self.hidden_loss!r}; choose one of: {', '.join(HIDDEN_LOSSES)}")
         if self.attention_loss not in ATTENTION_LOSSES:
-            raise ValueError(f"unknown attention_loss {self.attention_loss!r}; choose one of: {', '.join(ATTENTION_LOSSES)}")
+            raise InputError(f"unknown attention_loss {self.attention_loss!r}; choose one of: {', '.join(ATTENTION_LOSSES)}")
         if self.teacher_dtype not in TEACHER_DTYPES:
-            raise ValueError(f"unknown teacher_dtype {self.teacher_dtype!r}; choose one of: {', '.join(TEACHER_DTYPES)}")
+            raise InputError(f"unknown teacher_dtype {self.teacher_dtype!r}; choose one of: {', '.join(TEACHER_DTYPES)}")
 
     @classmethod
     def from_arguments(cls, args) -> DistillationSettings:
@@ -142,3 +143,215 @@ class DistillationTrainingArguments(DistillationSettings, TrainingArguments):
 @dataclass
 class Seq2SeqDistillationTrainingArguments(DistillationSettings, Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` plus the distillation settings of :class:`DistillationSettings`."""
+
+
+MODEL_TYPES = ("t5", "bart", "bert", "gpt2")
+TASK_OF_MODEL_TYPE = {"t5": "seq2seq", "bart": "seq2seq", "bert": "classification", "gpt2": "causal_lm"}
+TASK_NAMES = ("seq2seq", "classification", "causal_lm")
+
+
+@dataclass
+class ModelArguments:
+    """Which teacher, tokenizer and student; the layer flags of the seeds."""
+
+    model_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model family: t5 / bart (seq2seq), bert (classification), gpt2 (causal LM). Default: read "
+            "from the teacher's config, else t5.",
+            "choices": MODEL_TYPES,
+        },
+    )
+    task: str | None = field(
+        default=None,
+        metadata={"help": "seq2seq, classification or causal_lm. Default: inferred from --model_type.", "choices": TASK_NAMES},
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher: a hub name (t5-large), a local folder, or package:<module>/<folder> for a model shipped "
+            "inside an installed Python package. Without one, train_teacher / pipeline train a small teacher from scratch."
+        },
+    )
+    teacher_local_path: str | None = field(
+        default=None, metadata={"help": "Local folder of the teacher; takes precedence over --teacher."}
+    )
+    custom_tokenizer_local_path: str | None = field(
+        default=None, metadata={"help": "Local folder of the tokenizer; default: the teacher's."}
+    )
+    student: str | None = field(
+        default=None,
+        metadata={"help": "An existing student (hub name or folder) to distill into; default: built from the layer flags."},
+    )
+    num_encoder_layers: int | None = field(
+        default=None, metadata={"help": "Student encoder layers (T5, BART, BERT). Default: all of the teacher's."}
+    )
+    num_decoder_layers: int | None = field(default=None, metadata={"help": "Student decoder layers (T5, BART)."})
+    num_layers: int | None = field(default=None, metadata={"help": "Student layers (GPT-2)."})
+    hidden_dim: int | None = field(
+        default=None,
+        metadata={"help": "Student hidden size; a size other than the teacher's builds a freshly initialized student."},
+    )
+    vocab_size: int | None = field(default=None, metadata={"help": "Student vocabulary rows (e.g. trim T5's padded rows)."})
+    scratch_hidden_size: int = field(
+        default=128, metadata={"help": "Hidden size of a teacher trained from scratch (only when no --teacher is given)."}
+    )
+    scratch_num_layers: int = field(default=4, metadata={"help": "Layers per stack of a teacher trained from scratch."})
+    scratch_vocab_size: int = field(
+        default=2000, metadata={"help": "Vocabulary of the tokenizer trained on the data for a scratch teacher."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the hub to run. Off: only built-in architectures load."}
+    )
+
+    def resolved_task(self) -> str:
+        if self.task is not None:
+            return self.task
+        return TASK_OF_MODEL_TYPE[self.model_type or "t5"]
+
+    @property
+    def teacher_source(self) -> str | None:
+        return self.teacher_local_path or self.teacher
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how it is cut and tokenized."""
+
+    dataset: str | None = field(default=None, metadata={"help": "A hub dataset name, e.g. cnn_dailymail or ag_news."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The hub dataset's config, e.g. 3.0.0."})
+    dataset_local_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder saved with save_to_disk, a data file (csv, tsv, json, jsonl, parquet), or a folder of "
+            "such files named by split (train.tsv, dev.tsv, test.tsv). Without this and --dataset: the embedded "
+            "standard-library docstring data."
+        },
+    )
+    dataset_column_names: list[str] | None = field(
+        default=None, metadata={"help": "Column names for a headerless csv / tsv file, in file order."}
+    )
+    dataset_input_column: str | None = field(
+        default=None, metadata={"help": "Input text column. Default: the first of document, article, text, sentence, ..."}
+    )
+    dataset_target_column: str | None = field(
+        default=None,
+        metadata={"help": "Target column: the summary (seq2seq), the label (classification), the completion (causal LM)."},
+    )
+    source_prefix: str = field(default="", metadata={"help": "Prefix added to every input, e.g. 'summarize: ' for T5."})
+    max_source_length: int = field(default=512, metadata={"help": "Inputs are truncated to this many tokens."})
+    max_target_length: int = field(default=128, metadata={"help": "Targets are truncated to this many tokens."})
+    train_size: int | None = field(default=None, metadata={"help": "Use the first N training examples (none = all)."})
+    val_size: int | None = field(default=None, metadata={"help": "Use the first N validation examples (none = all)."})
+    test_size: int | None = field(default=None, metadata={"help": "Use the first N test examples (none = all)."})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of train carved out (seeded) as validation when the data has none."}
+    )
+    test_fraction: float = field(
+        default=0.1, metadata={"help": "Share of train carved out (seeded) as test when the data has none."}
+    )
+    split_seed: int = field(
+        default=42, metadata={"help": "Seed of the carved validation / test splits (the same for every command)."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even when a cached result exists."})
+
+    def __post_init__(self) -> None:
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 0.5:
+                raise InputError(f"{name} must be in [0, 0.5), got {value!r}")
+        for name in ("max_source_length", "max_target_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("train_size", "val_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be at least 1 (or unset for all), got {value!r}")
+
+
+@dataclass
+class RunArguments:
+    """How the command runs: config file, config template, dry run."""
+
+    config: str | None = field(
+        default=None, metadata={"help": "A JSON or YAML file of settings (the names of the flags); flags override it."}
+    )
+    create_config: str | None = field(
+        default=None,
+        metadata={"help": "Write a complete default config (with the other flags applied) to this path and exit."},
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "A few steps on a few examples, to check a setup end to end in a minute."}
+    )
+
+
+@dataclass
+class PipelineArguments:
+    """What the one-command pipeline trains besides the distilled student."""
+
+    finetune_teacher: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune the given --teacher on the task first (e.g. a pretrained encoder without a task head)."},
+    )
+    teacher_num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Epochs of teacher training (default: --num_train_epochs)."}
+    )
+    teacher_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of teacher training (default: --learning_rate)."}
+    )
+    train_baseline: bool = field(
+        default=True,
+        metadata={"help": "Also train the same student without distillation (CE only), to see whether distillation helped."},
+    )
+
+
+@dataclass
+class PseudoLabelArguments:
+    """Sequence-level distillation: the teacher writes the targets."""
+
+    pseudo_label_output: str | None = field(
+        default=None, metadata={"help": "Folder for the pseudo-labelled dataset (save_to_disk); distill reads it."}
+    )
+    pseudo_label_splits: list[str] = field(
+        default_factory=lambda: ["train"],
+        metadata={"help": "Splits to relabel; the others are copied with their original targets."},
+    )
+    pseudo_label_batch_size: int = field(default=16, metadata={"help": "Inputs per generation batch."})
+    num_beams: int = field(default=4, metadata={"help": "Beam count for the teacher's generation."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Longest target to generate (default: --max_target_length)."}
+    )
+    length_penalty: float | None = field(default=None, metadata={"help": "Beam length penalty (default: the model's)."})
+
+
+@dataclass
+class BenchmarkArguments:
+    """Which models to compare, on which split, with which generation settings."""
+
+    models: list[str] | None = field(
+        default=None,
+        metadata={"help": "Models to compare (folders or hub names); the first is the teacher unless --teacher_name."},
+    )
+    model_names: list[str] | None = field(
+        default=None, metadata={"help": "Display names, one per model (default: folder names)."}
+    )
+    teacher_name: str | None = field(
+        default=None, metadata={"help": "Which model the ratios compare against (default: the first)."}
+    )
+    benchmark_split: str = field(default="test", metadata={"help": "Split to evaluate: train, validation or test."})
+    benchmark_output_dir: str = field(
+        default="outputs/benchmark", metadata={"help": "Folder for the reports (benchmark command)."}
+    )
+    benchmark_batch_size: int = field(default=16, metadata={"help": "Batch size for quality evaluation and throughput."})
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beams for generation (default: each model's generation config)."}
+    )
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest generation (default: --max_target_length)."})
+    length_penalty: float | None = field(
+        default=None, metadata={"help": "Beam length penalty (default: the generation config's)."}
+    )
+    latency_examples: int = field(default=32, metadata={"help": "Examples timed one by one for p50 / p95 latency."})
+    warmup_batches: int = field(default=2, metadata={"help": "Untimed warm-up runs before each timing."})
+    num_sample_predictions: int = field(default=5, metadata={"help": "Examples shown side by side in the report."})
+    device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})

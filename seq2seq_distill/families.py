@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -113,7 +115,7 @@ def family_of(config) -> Family:
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
-    raise ValueError(
+    raise InputError(
         f"model type {model_type!r} is not supported for layer copying or layer mapping; supported: "
         f"{', '.join(supported_model_types())}"
     )
@@ -127,7 +129,7 @@ def find_layer_list(model: nn.Module, stack: Stack) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and (name == stack.layers_path or name.endswith("." + stack.layers_path))
     ]
     if len(matches) != 1:
-        raise ValueError(f"{type(model).__name__}: expected one layer list named '*{stack.layers_path}', found {len(matches)}")
+        raise InputError(f"{type(model).__name__}: expected one layer list named '*{stack.layers_path}', found {len(matches)}")
     return matches[0]
 
 

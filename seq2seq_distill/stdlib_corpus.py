@@ -11,6 +11,7 @@ Dump it to JSON lines with ``python -m seq2seq_distill.stdlib_corpus --task summ
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import json
@@ -155,7 +156,13 @@ def split_docstring(doc: str) -> tuple[str, str] | None:
 
 
 def build_docstring_records() -> list[dict]:
-    """All usable docstrings once each: ``{"id", "area", "document", "summary"}``."""
+    """All usable docstrings once each: ``{"id", "area", "document", "summary"}`` (fresh dicts on every call)."""
+    return [dict(record) for record in _docstring_records()]
+
+
+@functools.lru_cache(maxsize=1)
+def _docstring_records() -> tuple[dict, ...]:
+    # Importing ~80 modules and walking their members takes seconds; once per process is enough.
     records, seen = [], set()
     for area, module_names in STDLIB_AREAS.items():
         for module_name in module_names:
@@ -166,7 +173,7 @@ def build_docstring_records() -> list[dict]:
                     continue
                 seen.add(doc)
                 records.append({"id": qualified_name, "area": area, "document": parts[0], "summary": parts[1]})
-    return records
+    return tuple(records)
 
 
 def build_summarization_corpus(max_examples: int | None = None, seed: int = 0) -> list[dict]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel
 
+from .errors import InputError
 from .families import Family, family_of, layer_list_prefix, num_layers
 from .layer_maps import check_layer_map, spread_layers
 from .modeling import load_model
@@ -83,13 +84,13 @@ def _layer_maps(teacher: PreTrainedModel, family: Family, requested: dict) -> di
     allowed = {arg for stack in family.stacks for arg in (stack.count_argument, stack.map_argument)}
     misplaced = [name for name, value in requested.items() if value is not None and name not in allowed]
     if misplaced:
-        raise ValueError(f"{family.name} models take {', '.join(sorted(allowed))}, not {', '.join(misplaced)}")
+        raise InputError(f"{family.name} models take {', '.join(sorted(allowed))}, not {', '.join(misplaced)}")
     maps: dict[str, list[int]] = {}
     for stack in family.stacks:
         teacher_layers = num_layers(teacher.config, stack)
         count, explicit = requested[stack.count_argument], requested[stack.map_argument]
         if count is not None and count > teacher_layers:
-            raise ValueError(
+            raise InputError(
                 f"{stack.count_argument}={count} is more than the teacher's {teacher_layers} {stack.role} layers; "
                 f"a student must be smaller: choose at most {teacher_layers}"
             )
@@ -105,7 +106,7 @@ def _layer_maps(teacher: PreTrainedModel, family: Family, requested: dict) -> di
 def _shrink_hidden_size(config, family: Family, teacher_hidden: int, hidden_dim: int) -> None:
     """Scale widths with the hidden size and keep the teacher's attention head size."""
     if hidden_dim < 1:
-        raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
+        raise InputError(f"hidden_dim must be positive, got {hidden_dim}")
     ratio = hidden_dim / teacher_hidden
     setattr(config, family.hidden_size_attr, hidden_dim)
     for attr in family.ffn_size_attrs:
@@ -119,7 +120,7 @@ def _shrink_hidden_size(config, family: Family, teacher_hidden: int, hidden_dim:
             continue
         head_size = teacher_hidden // heads
         if hidden_dim % head_size:
-            raise ValueError(
+            raise InputError(
                 f"hidden_dim={hidden_dim} is not a multiple of the teacher's attention head size {head_size}; "
                 f"choose a multiple of {head_size}"
             )

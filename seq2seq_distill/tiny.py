@@ -77,7 +77,6 @@ def tiny_config(
             eos_token_id=EOS_ID,
             decoder_start_token_id=PAD_ID,
             dropout_rate=0.0,
-            tie_word_embeddings=False,
         )
     elif model_type == "bart":
         config = BartConfig(

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 
 from .arguments import DistillationSettings
+from .errors import InputError
 from .families import Stack, family_of, num_layers
 from .layer_maps import check_layer_map, spread_layers
 from .losses import (
@@ -143,7 +144,7 @@ class DistillationMixin:
     def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
         if teacher_model is None:
             if self.plan.needs_teacher:
-                raise ValueError(
+                raise InputError(
                     "teacher_model is required when kd_weight, hidden_weight, attention_weight or norm_weight > 0; "
                     "pass teacher_model= or set those weights to 0"
                 )
@@ -152,7 +153,7 @@ class DistillationMixin:
             teacher_model = load_model(teacher_model, self.task)
         teacher_task = task_of_model(teacher_model)
         if teacher_task != self.task:
-            raise ValueError(
+            raise InputError(
                 f"the student is a {self.task} model but the teacher is a {teacher_task} model; use a teacher with "
                 "the same kind of head"
             )
@@ -174,7 +175,7 @@ class DistillationMixin:
         student_roles = [stack.role for stack in student_family.stacks]
         teacher_roles = [stack.role for stack in teacher_family.stacks]
         if student_roles != teacher_roles:
-            raise ValueError(
+            raise InputError(
                 f"feature distillation cannot map layers between a {student_family.name} student (stacks: "
                 f"{', '.join(student_roles)}) and a {teacher_family.name} teacher (stacks: {', '.join(teacher_roles)}); "
                 "set hidden_weight, attention_weight and norm_weight to 0"
@@ -192,7 +193,7 @@ class DistillationMixin:
                 layer_map = list(candidate)
             else:
                 if student_layers > teacher_layers:
-                    raise ValueError(
+                    raise InputError(
                         f"the student has {student_layers} {student_stack.role} layers but the teacher only "
                         f"{teacher_layers}; give --{student_stack.map_argument} to pair them"
                     )
@@ -253,7 +254,7 @@ class DistillationMixin:
         elif self.task == "classification":
             target_mask = torch.ones(source_mask.shape[0], dtype=torch.bool, device=source_mask.device)
         else:
-            raise ValueError("seq2seq distillation needs labels to build the decoder inputs; add a 'labels' column")
+            raise InputError("seq2seq distillation needs labels to build the decoder inputs; add a 'labels' column")
         return target_mask, source_mask
 
     # ---- the step ----------------------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ class DistillationMixin:
         student_rows = student_logits[positions.target_mask]
         if plan.ce:
             if labels is None:
-                raise ValueError("ce_weight > 0 needs a 'labels' column; set ce_weight=0 to distill without labels")
+                raise InputError("ce_weight > 0 needs a 'labels' column; set ce_weight=0 to distill without labels")
             terms["ce_loss"] = (
                 cross_entropy_sum(student_rows, labels[positions.target_mask], self.args.label_smoothing_factor)
                 / positions.target_count

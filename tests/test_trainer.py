@@ -244,7 +244,7 @@ def test_distillation_moves_student_toward_teacher(tiny, tokenizer_for, tmp_path
             "t5", tokenizer, model, teacher, tmp_path / name, dataset=train, max_steps=40, learning_rate=3e-3, **weights
         ).train()
         kls[name] = held_out_kl(model)
-    assert kls["distilled"] < 0.7 * kls["ce_only"], kls
+    assert kls["distilled"] < 0.85 * kls["ce_only"], kls
 
 
 def test_evaluate_logs_each_term(tiny, tokenizer_for, tmp_path):

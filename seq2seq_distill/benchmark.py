@@ -1,0 +1,721 @@
+"""Is the student worth it? Teacher and students side by side: quality, agreement with the teacher, speed and size.
+
+Every model is measured the same way on the same device, one after the other: the same split (evaluated in
+length-sorted batches to waste less padding), the same tokenizer and the same generation settings (taken once from
+the teacher's generation config unless flags set them). Timings exclude warm-up runs. Outputs, in the output folder:
+``benchmark_results.json``, ``comparison_table.csv``, ``benchmark_report.md`` (first line: the verdict),
+``sample_predictions.md``, ``quality_vs_latency.png`` and, when training logs are at hand, ``training_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import gc
+import json
+import logging
+import os
+import platform
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .arguments import BenchmarkArguments, DataArguments, ModelArguments
+from .data import PreparedData, collator_for, has_trained_labels, load_raw_splits, prepare_data
+from .errors import InputError
+from .metrics import bleu_scores, classification_scores, generation_length, perplexity, prediction_agreement, rouge_scores
+from .modeling import load_model, load_tokenizer, output_rows, resolve_model_path, shared_output_size, task_of_config
+
+logger = logging.getLogger(__name__)
+
+MAIN_METRIC = {"seq2seq": "rougeL", "classification": "accuracy", "causal_lm": "perplexity"}
+LOWER_IS_BETTER = {"perplexity", "kl_to_teacher"}
+METRIC_LABELS = {"rougeL": "ROUGE-L", "rouge2": "ROUGE-2", "accuracy": "accuracy", "perplexity": "perplexity"}
+
+
+@dataclass
+class ModelResult:
+    name: str
+    path: str
+    quality: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)
+    versus_teacher: dict = field(default_factory=dict)
+    predictions: list = field(default_factory=list, repr=False)
+
+
+# ---- measuring -------------------------------------------------------------------------------------------------
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device):
+    """Peak memory above the starting point while the block runs, in MB (``result["peak_mb"]``).
+
+    CUDA: the allocator's own peak. CPU: resident memory sampled every 2 ms, after returning freed heap pages to
+    the OS (``malloc_trim``) so that memory freed by the previous model does not hide this one's.
+    """
+    result = {"peak_mb": float("nan")}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result["peak_mb"] = (torch.cuda.max_memory_allocated(device) - start) / 2**20
+        return
+    if not os.path.exists("/proc/self/statm"):
+        yield result  # no cheap way to read resident memory here: report NaN rather than a wrong number
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    start = _resident_bytes()
+    peak = [start]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            stop.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        sampler.join()
+        peak[0] = max(peak[0], _resident_bytes())
+        result["peak_mb"] = (peak[0] - start) / 2**20
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parameter_counts(model: PreTrainedModel) -> dict:
+    """Total parameters and parameters outside embedding tables (the part that sets the compute per token)."""
+    parameters = {id(p): p for p in model.parameters()}
+    embedding_ids = {id(p) for module in model.modules() if isinstance(module, torch.nn.Embedding) for p in module.parameters()}
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is not None:
+        embedding_ids |= {id(p) for p in output.parameters()}
+    total = sum(p.numel() for p in parameters.values())
+    embeddings = sum(parameters[i].numel() for i in embedding_ids if i in parameters)
+    return {"parameters": total, "parameters_without_embeddings": total - embeddings}
+
+
+def size_on_disk_mb(model: PreTrainedModel) -> float:
+    """Bytes of the model's safetensors weights, saved afresh so every model is measured the same way."""
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        weights = [name for name in os.listdir(folder) if name.endswith(".safetensors")]
+        return sum(os.path.getsize(os.path.join(folder, name)) for name in weights) / 2**20
+
+
+# ---- inference, per task ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationSet:
+    """One split ready for inference: features in length-sorted batches, references and label ids."""
+
+    features: list[dict]
+    order: list[int]
+    references: list
+    sources: list[str]
+
+
+def evaluation_set(data: PreparedData, split: str) -> EvaluationSet:
+    if split not in data.tokenized:
+        raise InputError(f"--benchmark_split {split!r} not in the data (splits: {', '.join(data.tokenized)})")
+    tokenized = data.tokenized[split]
+    raw = data.raw[split]
+    if data.task == "classification":
+        references = list(tokenized["labels"])
+    elif data.target_column is not None:
+        references = list(raw[data.target_column])
+    else:
+        references = [None] * len(raw)
+    features = [dict(row) for row in tokenized]
+    order = sorted(range(len(features)), key=lambda index: len(features[index]["input_ids"]))
+    return EvaluationSet(features, order, references, list(raw[data.input_column]))
+
+
+def _prompt_only(feature: dict) -> dict:
+    """The prompt part of a causal-LM example (the positions whose label is -100)."""
+    prompt_length = next((i for i, label in enumerate(feature["labels"]) if label != -100), len(feature["labels"]))
+    ids = feature["input_ids"][:prompt_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+
+
+class TaskRunner:
+    """Runs one model on batches of one task: predictions for quality, timed the same way for every model."""
+
+    def __init__(self, model, tokenizer, task: str, generation: dict, device: torch.device):
+        self.model, self.tokenizer, self.task, self.generation, self.device = model, tokenizer, task, generation, device
+        self.input_collator = collator_for("classification", tokenizer)  # pads input_ids / attention_mask only
+
+    @torch.no_grad()
+    def predict(self, features: list[dict]) -> tuple[list, list[int]]:
+        """(predictions, generated token counts) for a batch."""
+        if self.task == "classification":
+            batch = self._inputs(features)
+            return self.model(**batch).logits.argmax(-1).tolist(), [1] * len(features)
+        if self.task == "seq2seq":
+            batch = self._inputs(features)
+            generated = self.model.generate(**batch, **self.generation)
+            new_tokens = generated[:, 1:]  # the decoder start token is not generated
+        else:
+            padding_side = self.tokenizer.padding_side
+            self.tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
+            try:
+                batch = self._inputs([_prompt_only(feature) for feature in features])
+            finally:
+                self.tokenizer.padding_side = padding_side
+            generated = self.model.generate(**batch, **self.generation, pad_token_id=self.tokenizer.pad_token_id)
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        counts = _generated_counts(new_tokens, self.tokenizer)
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), counts
+
+    def _inputs(self, features: list[dict]) -> dict:
+        keep = [
+            {k: v for k, v in feature.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for feature in features
+        ]
+        return {name: tensor.to(self.device) for name, tensor in self.input_collator(keep).items()}
+
+
+def _generated_counts(new_tokens: torch.Tensor, tokenizer) -> list[int]:
+    """Tokens up to and including the first EOS (padding after it is not generated work)."""
+    counts = []
+    for row in new_tokens.tolist():
+        length = len(row)
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in row:
+            length = row.index(tokenizer.eos_token_id) + 1
+        while length and row[length - 1] == tokenizer.pad_token_id and row[length - 1] != tokenizer.eos_token_id:
+            length -= 1
+        counts.append(length)
+    return counts
+
+
+def _batches(order: list[int], batch_size: int):
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def evaluate_model(
+    name: str,
+    path: str,
+    data: PreparedData,
+    evaluation: EvaluationSet,
+    tokenizer: PreTrainedTokenizerBase,
+    generation: dict,
+    args: BenchmarkArguments,
+    device: torch.device,
+) -> ModelResult:
+    """Quality on the whole split, throughput at the batch size, latency at batch size 1, size and peak memory."""
+    result = ModelResult(name, path)
+    with peak_memory(device) as memory:
+        model = load_model(path, data.task, flag="--models").to(device).eval()
+        runner = TaskRunner(model, tokenizer, data.task, generation, device)
+        batches = list(_batches(evaluation.order, args.benchmark_batch_size))
+        for batch in batches[: args.warmup_batches]:
+            runner.predict([evaluation.features[i] for i in batch])
+        predictions: list = [None] * len(evaluation.features)
+        generated_tokens, elapsed = 0, 0.0
+        for batch in tqdm(batches, desc=f"evaluating {name}", leave=False):
+            _synchronize(device)
+            start = time.perf_counter()
+            outputs, counts = runner.predict([evaluation.features[i] for i in batch])
+            _synchronize(device)
+            elapsed += time.perf_counter() - start
+            generated_tokens += sum(counts)
+            for index, output, count in zip(batch, outputs, counts, strict=True):
+                predictions[index] = (output, count)
+        latencies = _latencies(runner, evaluation, args, device)
+    result.predictions = [prediction for prediction, _ in predictions]
+    counts = [count for _, count in predictions]
+    result.quality = _quality(data, evaluation, result.predictions, counts, model, tokenizer, device, args)
+    result.cost = {
+        **parameter_counts(model),
+        "size_on_disk_mb": size_on_disk_mb(model),
+        "peak_memory_mb": memory["peak_mb"],
+        "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
+        "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
+        "examples_per_second": len(evaluation.features) / elapsed,
+        "batch_size": args.benchmark_batch_size,
+    }
+    if data.task != "classification":
+        result.cost["generated_tokens_per_second"] = generated_tokens / elapsed
+    del model, runner
+    gc.collect()
+    return result
+
+
+def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArguments, device) -> list[float]:
+    """Seconds per example at batch size 1, on the first examples of the split, after warm-up runs."""
+    examples = [evaluation.features[i] for i in range(min(args.latency_examples, len(evaluation.features)))]
+    for feature in examples[: args.warmup_batches]:
+        runner.predict([feature])
+    timings = []
+    for feature in examples:
+        _synchronize(device)
+        start = time.perf_counter()
+        runner.predict([feature])
+        _synchronize(device)
+        timings.append(time.perf_counter() - start)
+    return timings
+
+
+def _quality(data, evaluation, predictions, counts, model, tokenizer, device, args) -> dict:
+    if data.task == "classification":
+        scores = classification_scores(predictions, evaluation.references, data.label_names)
+        return scores
+    quality = {}
+    if data.task == "causal_lm":
+        quality["perplexity"] = _perplexity(model, tokenizer, data, evaluation, device, args)
+    if all(reference is not None for reference in evaluation.references):
+        texts = [prediction or "" for prediction in predictions]
+        quality.update(rouge_scores(texts, evaluation.references))
+        quality.update(bleu_scores(texts, evaluation.references))
+    quality["generated_length"] = generation_length(counts)
+    return quality
+
+
+@torch.no_grad()
+def _perplexity(model, tokenizer, data, evaluation, device, args) -> float:
+    """Per-token perplexity of the targets under teacher forcing (the completion for prompt + completion data)."""
+    collator = collator_for(data.task, tokenizer, None)
+    total_nll, total_tokens = 0.0, 0
+    for batch_indices in _batches(evaluation.order, args.benchmark_batch_size):
+        batch = collator([evaluation.features[i] for i in batch_indices])
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        total_nll += F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        ).item()
+        total_tokens += int((labels != -100).sum())
+    return perplexity(total_nll, total_tokens)
+
+
+# ---- agreement with the teacher --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def teacher_agreement(
+    teacher_path: str, students: dict[str, str], data: PreparedData, evaluation: EvaluationSet, tokenizer, args, device
+) -> dict[str, dict]:
+    """Mean token-level KL(teacher || student) and top-1 agreement under teacher forcing on the split's targets."""
+    teacher = load_model(teacher_path, data.task, flag="--models").to(device).eval()
+    collator = collator_for(data.task, tokenizer, teacher)
+    results = {}
+    for name, path in students.items():
+        student = load_model(path, data.task, flag="--models").to(device).eval()
+        shared = shared_output_size(output_rows(student), output_rows(teacher), len(tokenizer), data.task)
+        kl_sum, agree, positions = 0.0, 0, 0
+        for batch_indices in _batches(evaluation.order, args.benchmark_batch_size):
+            batch = collator([evaluation.features[i] for i in batch_indices])
+            batch = {key: tensor.to(device) for key, tensor in batch.items()}
+            labels = batch.pop("labels")
+            if data.task == "seq2seq" and "decoder_input_ids" not in batch:
+                batch["decoder_input_ids"] = teacher.prepare_decoder_input_ids_from_labels(labels=labels)
+            student_logits = student(**batch).logits
+            teacher_logits = teacher(**batch).logits
+            if data.task == "causal_lm":
+                student_logits, teacher_logits, labels = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
+            mask = labels != -100
+            student_log_probs = F.log_softmax(student_logits[mask][..., :shared].float(), -1)
+            teacher_log_probs = F.log_softmax(teacher_logits[mask][..., :shared].float(), -1)
+            kl_sum += F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum").item()
+            agree += int((student_log_probs.argmax(-1) == teacher_log_probs.argmax(-1)).sum())
+            positions += int(mask.sum())
+        results[name] = {"kl_to_teacher": kl_sum / max(positions, 1), "top1_agreement": 100.0 * agree / max(positions, 1)}
+        del student
+    del teacher
+    gc.collect()
+    return results
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------------------
+
+
+def resolve_generation(first_model_path: str, task: str, args: BenchmarkArguments, data_args_max_target: int) -> dict:
+    """One set of generation settings for every model: flags, else the teacher's generation config."""
+    if task == "classification":
+        return {}
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(resolve_model_path(first_model_path, "--models"))
+    except OSError:
+        config = GenerationConfig()
+    settings = {
+        "num_beams": args.num_beams or config.num_beams or 1,
+        "max_new_tokens": args.max_new_tokens or data_args_max_target,
+        "do_sample": False,
+    }
+    length_penalty = args.length_penalty if args.length_penalty is not None else config.length_penalty
+    if settings["num_beams"] > 1 and length_penalty is not None:
+        settings["length_penalty"] = length_penalty
+    return settings
+
+
+def run_benchmark(
+    models: dict[str, str],
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    args: BenchmarkArguments,
+    output_dir: str,
+    *,
+    training_logs: dict[str, str] | None = None,
+    teacher_name: str | None = None,
+    max_target_length: int = 128,
+) -> dict:
+    """Measure every model, compare the students with the teacher, and write the reports."""
+    if not models:
+        raise InputError("benchmark needs at least one model: pass --models")
+    teacher_name = teacher_name or args.teacher_name or next(iter(models))
+    if teacher_name not in models:
+        raise InputError(f"--teacher_name {teacher_name!r} is not one of the models ({', '.join(models)})")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    evaluation = evaluation_set(data, args.benchmark_split)
+    if data.task == "classification" and all(label < 0 for label in evaluation.references):
+        raise InputError(
+            f"the {args.benchmark_split} split has no labels (all negative); benchmark another split with --benchmark_split"
+        )
+    generation = resolve_generation(models[teacher_name], data.task, args, args.max_new_tokens or max_target_length)
+    results = {
+        name: evaluate_model(name, path, data, evaluation, tokenizer, generation, args, device) for name, path in models.items()
+    }
+    students = {name: path for name, path in models.items() if name != teacher_name}
+    if students:
+        agreement = teacher_agreement(models[teacher_name], students, data, evaluation, tokenizer, args, device)
+        for name, values in agreement.items():
+            results[name].quality.update(values)
+            if data.task == "classification":
+                results[name].quality["prediction_agreement"] = prediction_agreement(
+                    results[name].predictions, results[teacher_name].predictions
+                )
+    main_metric = MAIN_METRIC[data.task]
+    if main_metric not in results[teacher_name].quality:
+        main_metric = "perplexity" if data.task == "causal_lm" else next(iter(results[teacher_name].quality))
+    for result in results.values():
+        result.versus_teacher = compare_with_teacher(result, results[teacher_name], main_metric)
+    verdict = make_verdict(results, teacher_name, main_metric)
+    summary = {
+        "verdict": verdict,
+        "teacher": teacher_name,
+        "main_metric": main_metric,
+        "task": data.task,
+        "split": args.benchmark_split,
+        "examples": len(evaluation.features),
+        "settings": {"benchmark": asdict(args), "generation": generation},
+        "environment": environment(device),
+        "models": {name: {k: v for k, v in asdict(result).items() if k != "predictions"} for name, result in results.items()},
+    }
+    write_reports(summary, results, data, evaluation, output_dir, training_logs or {}, args)
+    return summary
+
+
+def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric: str) -> dict:
+    """Speed-up, compression and quality retained; for lower-is-better metrics retained = teacher / student."""
+    cost, teacher_cost = result.cost, teacher.cost
+    retained = {}
+    for metric, value in result.quality.items():
+        reference = teacher.quality.get(metric)
+        if not isinstance(value, (int, float)) or not isinstance(reference, (int, float)) or metric in ("kl_to_teacher",):
+            continue
+        if metric in LOWER_IS_BETTER:
+            retained[metric] = 100.0 * reference / value if value else float("nan")
+        else:
+            retained[metric] = 100.0 * value / reference if reference else float("nan")
+    return {
+        "speedup_latency": teacher_cost["latency_p50_ms"] / cost["latency_p50_ms"],
+        "speedup_throughput": cost["examples_per_second"] / teacher_cost["examples_per_second"],
+        "compression_ratio": teacher_cost["parameters"] / cost["parameters"],
+        "size_fraction": cost["size_on_disk_mb"] / teacher_cost["size_on_disk_mb"],
+        "quality_retained": retained.get(main_metric, float("nan")),
+        "quality_retained_by_metric": retained,
+    }
+
+
+def make_verdict(results: dict[str, ModelResult], teacher_name: str, main_metric: str) -> str:
+    label = METRIC_LABELS.get(main_metric, main_metric)
+    parts = []
+    for name, result in results.items():
+        if name == teacher_name:
+            continue
+        versus = result.versus_teacher
+        parts.append(
+            f"{name} keeps {versus['quality_retained']:.1f}% of the teacher's {label} at {versus['speedup_latency']:.1f}x "
+            f"the speed and {100 * versus['size_fraction']:.0f}% of the size"
+        )
+    return "; ".join(parts) if parts else f"{teacher_name}: {label} {results[teacher_name].quality[main_metric]:.2f}"
+
+
+def environment(device: torch.device) -> dict:
+    import datasets
+    import transformers
+
+    info = {
+        "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---- reports ---------------------------------------------------------------------------------------------------
+
+
+def _flat_row(name: str, result: dict) -> dict:
+    row = {"model": name}
+    for section in ("quality", "cost", "versus_teacher"):
+        for key, value in result[section].items():
+            if isinstance(value, (int, float)):
+                row[f"{key}"] = value
+    return row
+
+
+def write_reports(summary, results, data, evaluation, output_dir, training_logs, args) -> None:
+    """All files are written to a temporary folder first and moved in at the end: no half-written report."""
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=output_dir)
+    with open(os.path.join(staging, "benchmark_results.json"), "w") as handle:
+        json.dump(summary, handle, indent=2, default=float)
+    rows = [_flat_row(name, model) for name, model in summary["models"].items()]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(os.path.join(staging, "comparison_table.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    samples = _sample_predictions(results, data, evaluation, args.num_sample_predictions)
+    with open(os.path.join(staging, "sample_predictions.md"), "w") as handle:
+        handle.write(samples)
+    plots = [_plot_quality_vs_latency(summary, staging)]
+    curves = _plot_training_curves(training_logs, staging)
+    if curves:
+        plots.append(curves)
+    with open(os.path.join(staging, "benchmark_report.md"), "w") as handle:
+        handle.write(_markdown_report(summary, plots))
+    for name in os.listdir(staging):
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    os.rmdir(staging)
+    logger.info("benchmark report written to %s", os.path.join(output_dir, "benchmark_report.md"))
+
+
+def _markdown_report(summary: dict, plots: list[str]) -> str:
+    main = summary["main_metric"]
+    lines = [
+        summary["verdict"],
+        "",
+        f"# Benchmark: {summary['task']}, {summary['examples']} {summary['split']} examples "
+        f"on {summary['environment']['device']}",
+        "",
+        f"Teacher: **{summary['teacher']}**. Main metric: {METRIC_LABELS.get(main, main)}. Latency at batch size 1 "
+        f"(p50 / p95), throughput at batch size {summary['settings']['benchmark']['benchmark_batch_size']}, warm-up excluded.",
+        "",
+    ]
+    quality_keys = [key for key in _quality_columns(summary) if key != main]
+    header = [
+        "model",
+        main,
+        *quality_keys,
+        "params (M)",
+        "params w/o emb. (M)",
+        "size (MB)",
+        "peak mem (MB)",
+        "p50 (ms)",
+        "p95 (ms)",
+        "examples/s",
+        "speed-up",
+        "size %",
+        "retained %",
+    ]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for name, model in summary["models"].items():
+        quality, cost, versus = model["quality"], model["cost"], model["versus_teacher"]
+        cells = [
+            name,
+            _format(quality.get(main)),
+            *[_format(quality.get(key)) for key in quality_keys],
+            f"{cost['parameters'] / 1e6:.2f}",
+            f"{cost['parameters_without_embeddings'] / 1e6:.2f}",
+            f"{cost['size_on_disk_mb']:.1f}",
+            _format(cost["peak_memory_mb"]),
+            f"{cost['latency_p50_ms']:.1f}",
+            f"{cost['latency_p95_ms']:.1f}",
+            f"{cost['examples_per_second']:.1f}",
+            f"{versus['speedup_latency']:.2f}x",
+            f"{100 * versus['size_fraction']:.0f}",
+            _format(versus["quality_retained"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Generation settings (the same for every model): " + json.dumps(summary["settings"]["generation"]), ""]
+    lines += ["Sample predictions side by side: [sample_predictions.md](sample_predictions.md)", ""]
+    lines += [f"![{os.path.splitext(plot)[0]}]({plot})" for plot in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_columns(summary: dict) -> list[str]:
+    keys = []
+    for model in summary["models"].values():
+        for key, value in model["quality"].items():
+            if isinstance(value, (int, float)) and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.2f}"
+    return str(value)
+
+
+def _sample_predictions(results, data, evaluation, count: int) -> str:
+    lines = ["# Sample predictions", ""]
+    for index in range(min(count, len(evaluation.features))):
+        source = " ".join(str(evaluation.sources[index]).split())
+        lines.append(f"## Example {index + 1}")
+        lines.append(f"**Input:** {source[:600]}{'...' if len(source) > 600 else ''}")
+        reference = evaluation.references[index]
+        if data.task == "classification":
+            reference = data.label_names[reference]
+        lines.append(f"**Reference:** {reference}")
+        for name, result in results.items():
+            prediction = result.predictions[index]
+            if data.task == "classification":
+                prediction = data.label_names[prediction]
+            lines.append(f"- **{name}:** {prediction}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plot_quality_vs_latency(summary: dict, folder: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = summary["main_metric"]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, model in summary["models"].items():
+        x, y = model["cost"]["latency_p50_ms"], model["quality"].get(main, float("nan"))
+        axes.scatter([x], [y], s=40)
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5))
+    axes.set_xlabel("latency per example, p50 (ms, batch size 1)")
+    axes.set_ylabel(METRIC_LABELS.get(main, main))
+    axes.set_title("quality vs. latency")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    name = "quality_vs_latency.png"
+    figure.savefig(os.path.join(folder, name), dpi=120)
+    plt.close(figure)
+    return name
+
+
+def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | None:
+    """One panel per loss term (loss, ce_loss, kd_loss, ...), one line per trained model."""
+    histories = {}
+    for name, path in training_logs.items():
+        if path and os.path.isfile(path):
+            with open(path) as handle:
+                histories[name] = [entry for entry in json.load(handle).get("log_history", []) if "loss" in entry]
+    terms = sorted({key for entries in histories.values() for entry in entries for key in entry if key.endswith("loss")})
+    if not terms:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
+    for axis, term in zip(axes[0], terms, strict=True):
+        for name, entries in histories.items():
+            points = [(entry["step"], entry[term]) for entry in entries if term in entry]
+            if points:
+                axis.plot(*zip(*points, strict=True), label=name)
+        axis.set_title(term)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    name = "training_curves.png"
+    figure.savefig(os.path.join(folder, name), dpi=110)
+    plt.close(figure)
+    return name
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+
+
+def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args: BenchmarkArguments) -> dict:
+    """``seq2seq-distill benchmark --models A B C``: same data, tokenizer and generation settings for all."""
+    if not args.models:
+        raise InputError("benchmark needs --models: the teacher first, then the students (folders or hub names)")
+    names = args.model_names or [os.path.basename(os.path.normpath(path)) for path in args.models]
+    if len(names) != len(args.models):
+        raise InputError(f"--model_names has {len(names)} names for {len(args.models)} models; give one per model")
+    if len(set(names)) != len(names):
+        raise InputError(f"model names must be distinct, got {', '.join(names)}; set --model_names")
+    paths = [resolve_model_path(path, "--models") for path in args.models]
+    from transformers import AutoConfig
+
+    configs = [AutoConfig.from_pretrained(path) for path in paths]
+    task = model_args.task or task_of_config(configs[0])
+    tokenizer = load_tokenizer(model_args.custom_tokenizer_local_path or paths[0], flag="--models")
+    _check_same_tokenizer(tokenizer, paths, names)
+    raw = load_raw_splits(data_args, task)
+    data = prepare_data(raw, tokenizer, task, data_args, has_trained_labels(configs[0]) if task == "classification" else None)
+    training_logs = {name: os.path.join(path, "training_metrics.json") for name, path in zip(names, paths, strict=True)}
+    return run_benchmark(
+        dict(zip(names, paths, strict=True)),
+        data,
+        tokenizer,
+        args,
+        args.benchmark_output_dir,
+        training_logs=training_logs,
+        max_target_length=data_args.max_target_length,
+    )
+
+
+def _check_same_tokenizer(tokenizer, paths: list[str], names: list[str]) -> None:
+    reference = tokenizer.get_vocab()
+    for name, path in zip(names, paths, strict=True):
+        if not os.path.isdir(path) or not any(
+            os.path.exists(os.path.join(path, file)) for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+        ):
+            continue
+        other = load_tokenizer(path, flag="--models").get_vocab()
+        if other != reference:
+            raise InputError(
+                f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(reference)}); benchmark models "
+                "that share one tokenizer, or pass --custom_tokenizer_local_path if only the files differ"
+            )

@@ -1,0 +1,487 @@
+"""Command line: ``seq2seq-distill <command> [--config FILE] [flags]``, also ``python -m seq2seq_distill`` and the
+thin launchers in ``scripts/`` (which run under ``torchrun``).
+
+Every command is parsed by ``HfArgumentParser``, so every ``TrainingArguments`` flag works and both
+``--num_encoder_layers`` and ``--num-encoder-layers`` are accepted. A JSON or YAML config file holds the same names
+as the flags; the flags override it. Keys no command knows are errors; keys another command uses are ignored, so
+one config file can serve ``train_teacher``, ``distill``, ``benchmark`` and ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .arguments import (
+    BenchmarkArguments,
+    DataArguments,
+    DistillationSettings,
+    ModelArguments,
+    PipelineArguments,
+    PseudoLabelArguments,
+    RunArguments,
+    Seq2SeqDistillationTrainingArguments,
+)
+from .errors import InputError
+
+logger = logging.getLogger("seq2seq_distill")
+
+# Trainer settings that suit every command here; any TrainingArguments flag overrides them.
+TRAINING_DEFAULTS = {
+    "report_to": "none",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 10,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+}
+
+# The embedded default (no data source, no teacher, no config): stdlib docstring summarization with a small T5
+# teacher trained from scratch; sized to finish the whole pipeline in minutes on 2 CPU cores.
+EMBEDDED_DEFAULTS = {
+    "model_type": "t5",
+    "max_source_length": 96,
+    "max_target_length": 24,
+    "scratch_hidden_size": 128,
+    "scratch_num_layers": 6,
+    "scratch_vocab_size": 2000,
+    "num_encoder_layers": 2,
+    "num_decoder_layers": 2,
+    "learning_rate": 1e-3,
+    "num_train_epochs": 8,
+    "teacher_num_train_epochs": 15,
+    "temperature": 2.0,
+    "ce_weight": 0.5,
+    "kd_weight": 0.5,
+    "save_strategy": "no",
+    "max_new_tokens": 24,
+}
+
+# --dry-run: a few steps on a few examples, outputs in a separate folder.
+DRY_RUN = {
+    "train_size": 16,
+    "val_size": 8,
+    "test_size": 8,
+    "max_steps": 2,
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_steps": 1,
+    "latency_examples": 2,
+    "warmup_batches": 1,
+    "num_sample_predictions": 2,
+    "pseudo_label_batch_size": 4,
+}
+
+# TrainingArguments fields written by --create-config beside every field of this project's own dataclasses.
+TRAINING_TEMPLATE_KEYS = (
+    "output_dir",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "max_grad_norm",
+    "label_smoothing_factor",
+    "seed",
+    "bf16",
+    "fp16",
+    "eval_strategy",
+    "save_strategy",
+    "save_total_limit",
+    "logging_steps",
+    "resume_from_checkpoint",
+    "report_to",
+    "dataloader_num_workers",
+    "gradient_checkpointing",
+)
+DATA_SOURCE_KEYS = ("dataset", "dataset_local_path", "teacher", "teacher_local_path")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    argument_types: tuple[type, ...]
+    run: Callable[[dict[type, object]], object]
+    output_dir_default: str
+
+
+def _run_train_teacher(parsed):
+    from .pipeline import train_teacher
+
+    run = train_teacher(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[PipelineArguments])
+    print(f"teacher saved to {run.path}")
+
+
+def _run_make_student(parsed):
+    from .pipeline import make_student
+
+    path = make_student(parsed[ModelArguments], parsed[_TRAINING], parsed[_TRAINING].output_dir)
+    print(f"student saved to {path}")
+
+
+def _run_distill(parsed):
+    from .pipeline import distill
+
+    run = distill(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING])
+    print(f"distilled student saved to {run.path}")
+
+
+def _run_pseudo_label(parsed):
+    from .pipeline import pseudo_label
+
+    path = pseudo_label(parsed[ModelArguments], parsed[DataArguments], parsed[PseudoLabelArguments])
+    print(f"pseudo-labelled dataset saved to {path}; distill it with --dataset_local_path {path}")
+
+
+def _run_benchmark(parsed):
+    from .benchmark import benchmark_command
+
+    results = benchmark_command(parsed[ModelArguments], parsed[DataArguments], parsed[BenchmarkArguments])
+    print(results["verdict"])
+    print(f"report: {os.path.join(parsed[BenchmarkArguments].benchmark_output_dir, 'benchmark_report.md')}")
+
+
+def _run_pipeline(parsed):
+    from .pipeline import run_pipeline
+
+    training_args = parsed[_TRAINING]
+    results = run_pipeline(
+        parsed[ModelArguments], parsed[DataArguments], training_args, parsed[PipelineArguments], parsed[BenchmarkArguments]
+    )
+    print(results["verdict"])
+    print(f"report: {os.path.join(training_args.output_dir, 'benchmark', 'benchmark_report.md')}")
+
+
+_TRAINING = Seq2SeqDistillationTrainingArguments
+COMMANDS = {
+    command.name: command
+    for command in (
+        Command(
+            "train_teacher",
+            "fine-tune a teacher on the task (or train a small one from scratch when no --teacher is given)",
+            (ModelArguments, DataArguments, _TRAINING, PipelineArguments, RunArguments),
+            _run_train_teacher,
+            "outputs/teacher",
+        ),
+        Command(
+            "make_student",
+            "build a layer-copied student from a teacher and save it (no training)",
+            (ModelArguments, _TRAINING, RunArguments),
+            _run_make_student,
+            "outputs/student",
+        ),
+        Command(
+            "distill",
+            "distill a teacher into a student built from the layer flags (or given with --student)",
+            (ModelArguments, DataArguments, _TRAINING, RunArguments),
+            _run_distill,
+            "outputs/distilled",
+        ),
+        Command(
+            "benchmark",
+            "compare models side by side: quality, speed and size",
+            (ModelArguments, DataArguments, BenchmarkArguments, RunArguments),
+            _run_benchmark,
+            "outputs/benchmark",
+        ),
+        Command(
+            "pipeline",
+            "teacher -> student -> distill (and a baseline) -> benchmark, in one command",
+            (ModelArguments, DataArguments, _TRAINING, PipelineArguments, BenchmarkArguments, RunArguments),
+            _run_pipeline,
+            "outputs/pipeline",
+        ),
+        Command(
+            "pseudo_label",
+            "let the teacher write the targets of a dataset (sequence-level distillation); distill reads the result",
+            (ModelArguments, DataArguments, PseudoLabelArguments, RunArguments),
+            _run_pseudo_label,
+            "outputs/pseudo_labels",
+        ),
+    )
+}
+
+
+class _Parser(HfArgumentParser):
+    """argparse's errors as one InputError line instead of a usage dump and exit."""
+
+    def error(self, message):
+        raise InputError(message)
+
+
+def build_parser(command: Command) -> _Parser:
+    parser = _Parser(command.argument_types, prog=f"seq2seq-distill {command.name}", description=command.help)
+    known = _destinations(parser)
+    parser.set_defaults(**{key: value for key, value in TRAINING_DEFAULTS.items() if key in known})
+    if "output_dir" in known:
+        parser.set_defaults(output_dir=command.output_dir_default)
+    if "benchmark_output_dir" in known and command.name == "benchmark":
+        parser.set_defaults(benchmark_output_dir=command.output_dir_default)
+    return parser
+
+
+def _destinations(parser) -> set[str]:
+    return {action.dest for action in parser._actions if action.dest != "help"}
+
+
+def all_setting_names() -> set[str]:
+    names: set[str] = set()
+    for command in COMMANDS.values():
+        names |= _destinations(HfArgumentParser(command.argument_types))
+    return names
+
+
+# ---- config files ----------------------------------------------------------------------------------------------
+
+
+def read_config_file(path: str) -> dict:
+    """A flat mapping of setting names (dashes or underscores) to values, from JSON or YAML."""
+    if not os.path.isfile(path):
+        raise InputError(f"config file {path!r} does not exist")
+    extension = os.path.splitext(path)[1].lower()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if extension == ".json":
+                content = json.load(handle)
+            elif extension in (".yaml", ".yml"):
+                content = yaml.safe_load(handle)
+            else:
+                raise InputError(f"config file {path!r} must end in .json, .yaml or .yml")
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first_line = str(error).splitlines()[0]
+        raise InputError(f"config file {path!r} is not valid {extension[1:].upper()}: {first_line}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path!r} is not UTF-8 text; re-encode it as UTF-8") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise InputError(f"config file {path!r} must hold a mapping of setting names to values, not a {type(content).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in content.items()}
+
+
+def config_defaults(values: dict, parser: _Parser, command: Command) -> dict:
+    """Config values checked and converted to the types of this command's flags; unknown names are errors."""
+    own = {action.dest: action for action in parser._actions}
+    everything = all_setting_names()
+    converted = {}
+    for key, value in values.items():
+        if key not in everything:
+            close = difflib.get_close_matches(key, sorted(everything), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see --create-config for every setting"
+            raise InputError(f"config key {key!r} is not a setting of any command{hint}")
+        if key not in own:
+            logger.debug("config key %s is not used by %s", key, command.name)
+            continue
+        converted[key] = _convert(key, value, own[key])
+    return converted
+
+
+def _convert(key: str, value, action):
+    """One config value in the form argparse would have produced from a flag."""
+    if value is None:
+        return None
+    if action.nargs == "+":
+        items = value if isinstance(value, list) else [value]
+        return [_convert_scalar(key, item, action) for item in items]
+    if isinstance(value, (list, dict)):
+        raise InputError(f"config key {key!r} takes a single value, got {type(value).__name__} {value!r}")
+    return _convert_scalar(key, value, action)
+
+
+def _convert_scalar(key: str, value, action):
+    kind = action.type
+    try:
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            converted = int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            converted = float(value)
+        elif kind is str:
+            if isinstance(value, (list, dict)):
+                raise ValueError
+            converted = str(value)
+        elif isinstance(value, bool) and kind is not None and getattr(kind, "__name__", "") == "string_to_bool":
+            converted = value
+        elif kind is not None and isinstance(value, str):
+            converted = kind(value)
+        else:
+            converted = value
+    except (ValueError, TypeError, KeyError, InputError):
+        expected = getattr(kind, "__name__", "value").replace("string_to_bool", "boolean")
+        raise InputError(f"config key {key!r} must be a {expected}, got {value!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise InputError(f"config key {key!r} must be one of: {', '.join(map(str, action.choices))}; got {value!r}")
+    return converted
+
+
+# ---- parsing ---------------------------------------------------------------------------------------------------
+
+
+def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
+    """Dataclass instances of a command: built-in defaults < embedded preset < config file < flags."""
+    argv = _default_create_config_path(list(argv), command)
+    parser = build_parser(command)
+    config_path = _flag_value(argv, "config")
+    file_values = read_config_file(config_path) if config_path else {}
+    given = set(file_values) | {_flag_name(arg) for arg in argv if arg.startswith("--")}
+    if not config_path and not given & set(DATA_SOURCE_KEYS):
+        known = _destinations(parser)
+        parser.set_defaults(**{key: value for key, value in EMBEDDED_DEFAULTS.items() if key in known})
+    if file_values:
+        parser.set_defaults(**config_defaults(file_values, parser, command))
+    *objects, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True, look_for_args_file=False)
+    if remaining:
+        flag = next((item for item in remaining if item.startswith("-")), remaining[0])
+        close = difflib.get_close_matches(_flag_name(flag), sorted(_destinations(parser)), n=1)
+        hint = f"; did you mean --{close[0]}?" if close else f"; see seq2seq-distill {command.name} --help"
+        raise InputError(f"unknown argument {flag!r} for {command.name}{hint}")
+    return {type(obj): obj for obj in objects}
+
+
+def _flag_name(arg: str) -> str:
+    return arg.lstrip("-").split("=", 1)[0].replace("-", "_")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if _flag_name(arg) == name and arg.startswith("--"):
+            if "=" in arg:
+                return arg.split("=", 1)[1]
+            if index + 1 < len(argv):
+                return argv[index + 1]
+    return None
+
+
+def _default_create_config_path(argv: list[str], command: Command) -> list[str]:
+    """``--create-config`` without a path writes ``<command>_config.yaml`` in the current folder."""
+    for index, arg in enumerate(argv):
+        if _flag_name(arg) == "create_config" and "=" not in arg:
+            if index + 1 == len(argv) or argv[index + 1].startswith("--"):
+                argv.insert(index + 1, f"{command.name}_config.yaml")
+    return argv
+
+
+def apply_dry_run(parsed: dict[type, object]) -> None:
+    """Shrink the run to a few steps on a few examples, writing to ``<output_dir>-dry-run``."""
+    for obj in parsed.values():
+        for key, value in DRY_RUN.items():
+            if hasattr(obj, key):
+                setattr(obj, key, value)
+    training = parsed.get(_TRAINING)
+    if training is not None:
+        training.output_dir = training.output_dir.rstrip("/") + "-dry-run"
+    benchmark = parsed.get(BenchmarkArguments)
+    if benchmark is not None:
+        benchmark.benchmark_output_dir = benchmark.benchmark_output_dir.rstrip("/") + "-dry-run"
+
+
+def write_config(path: str, parsed: dict[type, object], command: Command) -> None:
+    """Every setting of the command with its current value and help text, as YAML that --config reads back."""
+    lines = [
+        f"# seq2seq-distill {command.name}: every setting of this command, with its help. Edit, then run",
+        f"#   seq2seq-distill {command.name} --config {os.path.basename(path)}",
+        "# Flags given on the command line override these values. Any other TrainingArguments flag may be added.",
+    ]
+    list_flags = {action.dest for action in build_parser(command)._actions if action.nargs == "+"}
+    for argument_type, obj in parsed.items():
+        if argument_type is RunArguments:
+            continue
+        values = obj.to_dict() if isinstance(obj, TrainingArguments) else dataclasses.asdict(obj)
+        own_fields = {field.name for field in dataclasses.fields(DistillationSettings)}
+        lines.append(f"\n# ---- {argument_type.__name__} ----")
+        for field in dataclasses.fields(argument_type):
+            if not field.init or field.name.startswith("_"):
+                continue
+            if isinstance(obj, TrainingArguments) and field.name not in TRAINING_TEMPLATE_KEYS and field.name not in own_fields:
+                continue
+            value = values.get(field.name)
+            if isinstance(value, list) and field.name not in list_flags:  # e.g. report_to: [] after parsing "none"
+                value = ",".join(map(str, value)) or "none"
+            help_text = " ".join(str(field.metadata.get("help", "")).split())
+            if help_text:
+                lines.append(f"# {help_text}")
+            lines.append(yaml.safe_dump({field.name: value}, default_flow_style=True, width=1000).strip()[1:-1])
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+# ---- entry points ----------------------------------------------------------------------------------------------
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = "\n".join(f"  {name.ljust(width)}  {command.help}" for name, command in COMMANDS.items())
+    return (
+        "usage: seq2seq-distill <command> [--config FILE] [--create-config [PATH]] [--dry-run] [flags]\n\n"
+        f"commands:\n{rows}\n\n'seq2seq-distill <command> --help' lists every flag of a command."
+    )
+
+
+def run(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    name = argv[0].replace("-", "_")
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; commands: {', '.join(COMMANDS)}"
+        raise InputError(f"unknown command {argv[0]!r}{hint}")
+    command = COMMANDS[name]
+    parsed = parse_command(command, argv[1:])
+    run_args = parsed[RunArguments]
+    if run_args.dry_run:
+        apply_dry_run(parsed)
+    if run_args.create_config:
+        write_config(run_args.create_config, parsed, command)
+        print(f"wrote {run_args.create_config}; run: seq2seq-distill {command.name} --config {run_args.create_config}")
+        return 0
+    _configure_logging()
+    command.run(parsed)
+    return 0
+
+
+def _configure_logging() -> None:
+    import datasets
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    logging.getLogger("seq2seq_distill").setLevel(logging.INFO)
+    transformers.logging.set_verbosity_warning()
+    datasets.logging.set_verbosity_warning()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; bad input prints one line and returns 2 (set SEQ2SEQ_DISTILL_DEBUG=1 for the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except InputError as error:
+        if os.environ.get("SEQ2SEQ_DISTILL_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The command line: parsing, config files, clear one-line errors, and the commands end to end on tiny runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seq2seq_distill.arguments import BenchmarkArguments, DataArguments, ModelArguments, Seq2SeqDistillationTrainingArguments
+from seq2seq_distill.cli import COMMANDS, EMBEDDED_DEFAULTS, main, parse_command
+from seq2seq_distill.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TEACHER = [
+    "--scratch_hidden_size",
+    "32",
+    "--scratch_num_layers",
+    "2",
+    "--scratch_vocab_size",
+    "400",
+    "--max_steps",
+    "3",
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--train_size",
+    "24",
+    "--val_size",
+    "4",
+    "--test_size",
+    "6",
+    "--max_source_length",
+    "32",
+    "--max_target_length",
+    "8",
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "1",
+]
+
+
+def parse(command, *argv):
+    return parse_command(COMMANDS[command], list(argv))
+
+
+def test_both_flag_spellings_and_training_flags_work():
+    a = parse("distill", "--num_encoder_layers", "3", "--learning_rate", "1e-4", "--kd_weight", "0.7")
+    b = parse("distill", "--num-encoder-layers", "3", "--learning-rate", "1e-4", "--kd-weight", "0.7")
+    assert a[ModelArguments].num_encoder_layers == b[ModelArguments].num_encoder_layers == 3
+    assert a[Seq2SeqDistillationTrainingArguments].learning_rate == b[Seq2SeqDistillationTrainingArguments].learning_rate == 1e-4
+    assert a[Seq2SeqDistillationTrainingArguments].kd_weight == 0.7
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_config_file_with_flags_overriding_it(tmp_path, suffix):
+    values = {
+        "num-encoder-layers": 4,
+        "learning_rate": "1e-4",
+        "dataset_config": "3.0.0",
+        "encoder_layer_map": [0, 3, 7, 11],
+        "latency_examples": 3,
+        "dataset_local_path": "x.jsonl",
+    }  # latency_examples belongs to benchmark: ignored
+    path = tmp_path / f"config{suffix}"
+    path.write_text(yaml.safe_dump(values) if suffix == ".yaml" else json.dumps(values))
+    parsed = parse("distill", "--config", str(path), "--learning_rate", "2e-4")
+    model, data, training = parsed[ModelArguments], parsed[DataArguments], parsed[Seq2SeqDistillationTrainingArguments]
+    assert model.num_encoder_layers == 4 and data.dataset_config == "3.0.0"
+    assert training.learning_rate == 2e-4 and training.encoder_layer_map == [0, 3, 7, 11]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"lerning_rate": 1e-4}, "config key 'lerning_rate' is not a setting of any command; did you mean 'learning_rate'"),
+        ({"num_encoder_layers": "three"}, "config key 'num_encoder_layers' must be a int, got 'three'"),
+        ({"kd_weight": [1, 2]}, "config key 'kd_weight' takes a single value"),
+        ({"model_type": "llama"}, "config key 'model_type' must be one of: t5, bart, bert, gpt2"),
+        ({"temperature": -1}, "temperature must be > 0"),
+    ],
+)
+def test_bad_config_values_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse("distill", "--config", str(path))
+
+
+def test_create_config_writes_every_setting_and_reads_back(tmp_path):
+    target = tmp_path / "distill.yaml"
+    assert main(["distill", "--create-config", str(target), "--num_encoder_layers", "3", "--temperature", "4"]) == 0
+    written = yaml.safe_load(target.read_text())
+    for name in (
+        "teacher",
+        "dataset_local_path",
+        "kd_weight",
+        "hidden_weight",
+        "encoder_layer_map",
+        "max_source_length",
+        "learning_rate",
+        "output_dir",
+        "source_prefix",
+    ):
+        assert name in written, name
+    assert written["num_encoder_layers"] == 3 and written["temperature"] == 4.0
+    again = parse("distill", "--config", str(target))
+    first = parse("distill", "--num_encoder_layers", "3", "--temperature", "4")
+    for kind in (ModelArguments, DataArguments):
+        assert again[kind] == first[kind]
+    assert again[Seq2SeqDistillationTrainingArguments].temperature == 4.0
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config):
+    parsed = parse("pipeline", "--config", str(config))
+    values = yaml.safe_load(config.read_text())
+    for kind, obj in parsed.items():
+        for key, value in values.items():
+            if hasattr(obj, key) and kind is not Seq2SeqDistillationTrainingArguments:
+                assert getattr(obj, key) == value, (config.name, key)
+    assert parsed[Seq2SeqDistillationTrainingArguments].output_dir == values["output_dir"]
+
+
+def test_embedded_defaults_apply_only_without_a_data_source():
+    assert parse("pipeline")[DataArguments].max_source_length == EMBEDDED_DEFAULTS["max_source_length"]
+    assert parse("pipeline", "--dataset", "cnn_dailymail")[DataArguments].max_source_length == 512
+    config = yaml.safe_load((ROOT / "configs" / "embedded_default.yaml").read_text())
+    assert {key: value for key, value in config.items() if key != "output_dir"} == EMBEDDED_DEFAULTS
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["distill", "--model_type", "llama"], "invalid choice: 'llama' (choose from 't5', 'bart', 'bert', 'gpt2')"),
+        (["distill", "--teacher", "./no/such/teacher"], "--teacher './no/such/teacher' does not exist"),
+        (["distill", "--teacher_local_path", "/no/such/dir", "--dataset_local_path", "x"], "does not exist"),
+        (["pipeline", "--dataset_local_path", "/no/such.jsonl"], "--dataset_local_path '/no/such.jsonl' does not exist"),
+        (["distill", "--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
+        (
+            ["distill", "--num_encoder_layres", "2"],
+            "unknown argument '--num_encoder_layres' for distill; did you mean --num_encoder_layers?",
+        ),
+        (["distil"], "unknown command 'distil'; did you mean distill?"),
+        (["benchmark"], "benchmark needs --models"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(argv, message, capsys):
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and message in error, error
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """A user's own files with other column names: jsonl (story / abstract) and a headerless csv."""
+    folder = tmp_path_factory.mktemp("user_data")
+    from seq2seq_distill.stdlib_corpus import build_summarization_corpus
+
+    rows = build_summarization_corpus(max_examples=40)
+    with open(folder / "mine.jsonl", "w") as handle:
+        for row in rows:
+            handle.write(json.dumps({"story": row["document"], "abstract": row["summary"]}) + "\n")
+    import csv
+
+    with open(folder / "mine.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([[row["document"], row["summary"]] for row in rows])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scratch_teacher(tmp_path_factory, user_data):
+    output = tmp_path_factory.mktemp("teacher")
+    argv = [
+        "train_teacher",
+        "--dataset_local_path",
+        str(user_data / "mine.jsonl"),
+        "--dataset_input_column",
+        "story",
+        "--dataset_target_column",
+        "abstract",
+        "--output_dir",
+        str(output),
+        *TINY_TEACHER,
+    ]
+    assert main(argv) == 0
+    return output
+
+
+def test_train_teacher_writes_the_promised_layout(scratch_teacher):
+    assert (scratch_teacher / "model.safetensors").exists() and (scratch_teacher / "tokenizer.json").exists()
+    metrics = json.loads((scratch_teacher / "training_metrics.json").read_text())
+    assert metrics["log_history"] and metrics["final_metrics"]["train_loss"] > 0
+
+
+def test_users_jsonl_and_headerless_csv_go_through_distill_and_benchmark(scratch_teacher, user_data, tmp_path, capsys):
+    common = ["--teacher", str(scratch_teacher), "--num_encoder_layers", "1", "--num_decoder_layers", "1", *TINY_TEACHER[6:]]
+    jsonl = [
+        "--dataset_local_path",
+        str(user_data / "mine.jsonl"),
+        "--dataset_input_column",
+        "story",
+        "--dataset_target_column",
+        "abstract",
+    ]
+    csv_source = [
+        "--dataset_local_path",
+        str(user_data / "mine.csv"),
+        "--dataset_column_names",
+        "body",
+        "headline",
+        "--dataset_input_column",
+        "body",
+        "--dataset_target_column",
+        "headline",
+    ]
+    assert main(["distill", *common, *jsonl, "--output_dir", str(tmp_path / "from_jsonl")]) == 0
+    assert main(["distill", *common, *csv_source, "--output_dir", str(tmp_path / "from_csv")]) == 0
+    for name in ("from_jsonl", "from_csv"):
+        assert (tmp_path / name / "model.safetensors").exists() and (tmp_path / name / "training_metrics.json").exists()
+        history = json.loads((tmp_path / name / "training_metrics.json").read_text())["log_history"]
+        assert any("kd_loss" in entry for entry in history)
+    out = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "benchmark",
+                "--models",
+                str(scratch_teacher),
+                str(tmp_path / "from_csv"),
+                "--model_names",
+                "teacher",
+                "student",
+                *csv_source,
+                "--test_size",
+                "6",
+                "--latency_examples",
+                "2",
+                "--max_new_tokens",
+                "6",
+                "--benchmark_output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "benchmark_results.json").read_text())
+    assert set(results["models"]) == {"teacher", "student"} and results["examples"] == 4  # 10% of 40 rows carved as test
+    assert "report:" in capsys.readouterr().out
+
+
+def test_resume_from_a_checkpoint_that_does_not_exist(scratch_teacher, user_data, capsys, tmp_path):
+    argv = [
+        "distill",
+        "--teacher",
+        str(scratch_teacher),
+        "--dataset_local_path",
+        str(user_data / "mine.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--resume_from_checkpoint",
+        str(tmp_path / "checkpoints" / "checkpoint-9"),
+    ]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "--resume_from_checkpoint" in error and "does not exist" in error, error
+
+
+def test_make_student_and_pseudo_label(scratch_teacher, user_data, tmp_path):
+    assert (
+        main(
+            [
+                "make_student",
+                "--teacher",
+                str(scratch_teacher),
+                "--num_encoder_layers",
+                "1",
+                "--num_decoder_layers",
+                "1",
+                "--output_dir",
+                str(tmp_path / "student"),
+            ]
+        )
+        == 0
+    )
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert config["num_layers"] == 1 and config["student_layer_map"] == {"encoder": [0], "decoder": [0]}
+    labelled = tmp_path / "labelled"
+    assert (
+        main(
+            [
+                "pseudo_label",
+                "--teacher",
+                str(scratch_teacher),
+                "--dataset_local_path",
+                str(user_data / "mine.jsonl"),
+                "--dataset_input_column",
+                "story",
+                "--dataset_target_column",
+                "abstract",
+                "--pseudo_label_output",
+                str(labelled),
+                "--num_beams",
+                "2",
+                "--max_new_tokens",
+                "5",
+                "--train_size",
+                "6",
+            ]
+        )
+        == 0
+    )
+    from datasets import load_from_disk
+
+    relabelled = load_from_disk(str(labelled))
+    assert relabelled["train"].column_names == ["story", "original_abstract", "abstract"]
+    assert relabelled["train"]["abstract"] != relabelled["train"]["original_abstract"]
+
+
+def test_pipeline_dry_run_on_the_embedded_default(tmp_path, capsys):
+    """The README's first command with --dry-run: every stage runs, every file appears."""
+    import time
+
+    start = time.perf_counter()
+    assert main(["pipeline", "--dry-run", "--output_dir", str(tmp_path / "run")]) == 0
+    elapsed = time.perf_counter() - start
+    root = tmp_path / "run-dry-run"
+    for name in ("teacher", "baseline", "distilled"):
+        assert (root / name / "model.safetensors").exists() and (root / name / "training_metrics.json").exists()
+    report = root / "benchmark" / "benchmark_report.md"
+    out = capsys.readouterr().out
+    assert f"report: {report}" in out
+    assert elapsed < 90, f"dry run took {elapsed:.0f}s"
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        [sys.executable, "-m", "seq2seq_distill"],
+        [str(Path(sys.executable).parent / "seq2seq-distill")],
+        [sys.executable, str(ROOT / "scripts" / "distill.py")],
+    ],
+)
+def test_every_entry_point_runs(launcher, tmp_path):
+    argv = launcher if "distill.py" in launcher[-1] else [*launcher, "distill"]
+    result = subprocess.run([*argv, "--create-config", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["kd_weight"] == 0.5
+    help_text = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "--num_encoder_layers" in help_text and "--num-encoder-layers" in help_text
+
+
+def test_benchmark_arguments_have_help_strings():
+    import dataclasses
+
+    for kind in (ModelArguments, DataArguments, BenchmarkArguments):
+        assert all(field.metadata.get("help") for field in dataclasses.fields(kind)), kind
