@@ -15,6 +15,7 @@ nothing. The seeds' conventions map onto it as follows:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
@@ -25,7 +26,15 @@ from .losses import DIVERGENCES
 HIDDEN_LOSSES = ("mse", "cosine")
 ATTENTION_LOSSES = ("kl", "mse")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
-WEIGHT_NAMES = ("ce_weight", "kd_weight", "hidden_weight", "attention_weight", "norm_weight")
+WEIGHT_NAMES = ("ce_weight", "kd_weight", "hidden_weight", "attention_weight", "norm_weight", "policy_gradient_weight")
+
+
+def check_at_least(settings, names: tuple[str, ...], minimum: int) -> None:
+    """Each named setting is unset (None) or a number >= ``minimum``; an InputError naming the first that is not."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum):
+            raise InputError(f"{name} must be at least {minimum}, got {value!r}")
 
 
 @dataclass
@@ -92,6 +101,62 @@ class DistillationSettings:
     layer_map: list[int] | None = field(
         default=None, metadata={"help": "Teacher layer paired with each student layer, for GPT-2-style models."}
     )
+    policy_gradient_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Causal LMs: weight of policy-gradient distillation (the student samples continuations, rewarded "
+            "by the teacher's log-probability of each token; 0 = off)."
+        },
+    )
+    pg_teacher_mix: float = field(
+        default=0.2, metadata={"help": "Share of the teacher in the sampling mixture alpha*p_teacher + (1-alpha)*p_student."}
+    )
+    pg_sample_temperature: float = field(default=1.0, metadata={"help": "Temperature of policy-gradient sampling."})
+    pg_max_new_tokens: int = field(default=32, metadata={"help": "Longest continuation sampled for policy-gradient steps."})
+    pg_discount: float = field(default=0.95, metadata={"help": "Discount of future rewards in the returns (1 = none)."})
+    pg_importance_clip: float = field(
+        default=2.0, metadata={"help": "Upper clip of the importance weight p_student / p_mixture."}
+    )
+    token_frequency_penalty: float = field(
+        default=0.0, metadata={"help": "Policy-gradient runs: weight of the penalty on tokens over-used within a sequence."}
+    )
+    diversity_penalty: float = field(
+        default=0.0,
+        metadata={"help": "Policy-gradient runs: weight of the penalty on sequences whose tokens are alike in embedding space."},
+    )
+    entropy_penalty: float = field(
+        default=0.0, metadata={"help": "Policy-gradient runs: weight of the penalty on low-entropy predictions."}
+    )
+    on_policy_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Causal LMs (GKD's lambda): share of batches whose completions are replaced by the student's own "
+            "samples, scored by the teacher with the KD divergence."
+        },
+    )
+    on_policy_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of on-policy completions."})
+    on_policy_max_new_tokens: int = field(default=32, metadata={"help": "Longest on-policy completion."})
+    skip_nonfinite_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "When a loss term is NaN or infinite, skip that batch (no gradient from it) instead of stopping "
+            "the run with a checkpoint from before it."
+        },
+    )
+    kd_chunk_elements: int = field(
+        default=2**18,
+        metadata={
+            "help": "Logit entries per chunk of the CE / KD pass; the loss never holds more than a chunk's "
+            "intermediates, so memory stays flat as the vocabulary grows."
+        },
+    )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder written by cache_teacher: distill from the teacher's cached top-k log-probabilities "
+            "without loading the teacher (cache_teacher writes to this path)."
+        },
+    )
     teacher_dtype: str = field(
         default="auto",
         metadata={
@@ -110,11 +175,11 @@ class DistillationSettings:
     def validate_distillation_settings(self) -> None:
         for name in WEIGHT_NAMES:
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise InputError(f"{name} must be a number >= 0, got {value!r}")
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
         if all(getattr(self, name) == 0 for name in WEIGHT_NAMES):
             raise InputError("every loss weight is 0, so nothing would be trained; set --ce_weight or --kd_weight > 0")
-        if not self.temperature > 0:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise InputError(f"temperature must be > 0, got {self.temperature!r}")
         if self.divergence not in DIVERGENCES:
             raise InputError(
@@ -126,6 +191,25 @@ class DistillationSettings:
             raise InputError(f"unknown hidden_loss {self.hidden_loss!r}; choose one of: {', '.join(HIDDEN_LOSSES)}")
         if self.attention_loss not in ATTENTION_LOSSES:
             raise InputError(f"unknown attention_loss {self.attention_loss!r}; choose one of: {', '.join(ATTENTION_LOSSES)}")
+        for name in ("policy_gradient_weight", "token_frequency_penalty", "diversity_penalty", "entropy_penalty"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("pg_teacher_mix", "on_policy_fraction", "pg_discount"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("pg_sample_temperature", "on_policy_temperature", "pg_importance_clip"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("pg_max_new_tokens", "on_policy_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        penalties = [name for name in ("token_frequency_penalty", "diversity_penalty", "entropy_penalty") if getattr(self, name)]
+        if penalties and not self.policy_gradient_weight:
+            raise InputError(
+                f"{', '.join(penalties)} apply to policy-gradient samples; set --policy_gradient_weight > 0 or drop them"
+            )
+        if not isinstance(self.kd_chunk_elements, int) or self.kd_chunk_elements < 1:
+            raise InputError(f"kd_chunk_elements must be a positive integer, got {self.kd_chunk_elements!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise InputError(f"unknown teacher_dtype {self.teacher_dtype!r}; choose one of: {', '.join(TEACHER_DTYPES)}")
 
@@ -204,6 +288,11 @@ class ModelArguments:
         default=False, metadata={"help": "Allow model code from the hub to run. Off: only built-in architectures load."}
     )
 
+    def __post_init__(self) -> None:
+        check_at_least(self, ("num_encoder_layers", "num_decoder_layers", "num_layers", "hidden_dim", "vocab_size"), 1)
+        check_at_least(self, ("scratch_hidden_size", "scratch_num_layers"), 1)
+        check_at_least(self, ("scratch_vocab_size",), 16)  # room for the special tokens and some words
+
     def resolved_task(self) -> str:
         if self.task is not None:
             return self.task
@@ -239,6 +328,10 @@ class DataArguments:
         metadata={"help": "Target column: the summary (seq2seq), the label (classification), the completion (causal LM)."},
     )
     source_prefix: str = field(default="", metadata={"help": "Prefix added to every input, e.g. 'summarize: ' for T5."})
+    prompt_suffix: str = field(
+        default="\n",
+        metadata={"help": "Causal LMs: text between the prompt and its completion, e.g. '\\nTL;DR: ' for summaries."},
+    )
     max_source_length: int = field(default=512, metadata={"help": "Inputs are truncated to this many tokens."})
     max_target_length: int = field(default=128, metadata={"help": "Targets are truncated to this many tokens."})
     train_size: int | None = field(default=None, metadata={"help": "Use the first N training examples (none = all)."})
@@ -268,6 +361,12 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1 (or unset for all), got {value!r}")
+        check_at_least(self, ("preprocessing_num_workers",), 1)
+        if not 0 <= self.split_seed < 2**32:
+            raise InputError(f"split_seed must be in [0, 2**32), got {self.split_seed!r}")
+        names = self.dataset_column_names
+        if names is not None and (len(set(names)) != len(names) or not all(name.strip() for name in names)):
+            raise InputError(f"dataset_column_names must be distinct, non-empty names, got {' '.join(map(repr, names))}")
 
 
 @dataclass
@@ -355,3 +454,34 @@ class BenchmarkArguments:
     warmup_batches: int = field(default=2, metadata={"help": "Untimed warm-up runs before each timing."})
     num_sample_predictions: int = field(default=5, metadata={"help": "Examples shown side by side in the report."})
     device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})
+
+    def __post_init__(self) -> None:
+        check_at_least(self, ("benchmark_batch_size", "latency_examples", "num_beams", "max_new_tokens"), 1)
+        check_at_least(self, ("warmup_batches", "num_sample_predictions"), 0)
+        if self.benchmark_split not in ("train", "validation", "test"):
+            raise InputError(f"benchmark_split must be train, validation or test, got {self.benchmark_split!r}")
+        if self.device is not None:
+            import torch
+
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise InputError(f"device {self.device!r} is not a device name; use cpu, cuda or cuda:N") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise InputError(f"device {self.device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+
+
+@dataclass
+class CacheArguments:
+    """What ``cache_teacher`` keeps of the teacher's outputs."""
+
+    cache_top_k: int = field(
+        default=64, metadata={"help": "Most likely tokens kept per position (16-128 is typical; the rest is one tail bucket)."}
+    )
+    cache_splits: list[str] = field(
+        default_factory=lambda: ["train", "validation"], metadata={"help": "Splits to run the teacher on."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.cache_top_k < 1:
+            raise InputError(f"cache_top_k must be at least 1, got {self.cache_top_k}")

@@ -9,10 +9,8 @@ the teacher's generation config unless flags set them). Timings exclude warm-up 
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import gc
-import json
 import logging
 import os
 import platform
@@ -33,12 +31,12 @@ from .data import PreparedData, collator_for, has_trained_labels, load_raw_split
 from .errors import InputError
 from .metrics import bleu_scores, classification_scores, generation_length, perplexity, prediction_agreement, rouge_scores
 from .modeling import load_model, load_tokenizer, output_rows, resolve_model_path, shared_output_size, task_of_config
+from .reports import METRIC_LABELS, write_reports
 
 logger = logging.getLogger(__name__)
 
 MAIN_METRIC = {"seq2seq": "rougeL", "classification": "accuracy", "causal_lm": "perplexity"}
 LOWER_IS_BETTER = {"perplexity", "kl_to_teacher"}
-METRIC_LABELS = {"rougeL": "ROUGE-L", "rouge2": "ROUGE-2", "accuracy": "accuracy", "perplexity": "perplexity"}
 
 
 @dataclass
@@ -227,11 +225,12 @@ def evaluate_model(
     generation: dict,
     args: BenchmarkArguments,
     device: torch.device,
+    trust_remote_code: bool = False,
 ) -> ModelResult:
     """Quality on the whole split, throughput at the batch size, latency at batch size 1, size and peak memory."""
     result = ModelResult(name, path)
     with peak_memory(device) as memory:
-        model = load_model(path, data.task, flag="--models").to(device).eval()
+        model = load_model(path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
         runner = TaskRunner(model, tokenizer, data.task, generation, device)
         batches = list(_batches(evaluation.order, args.benchmark_batch_size))
         for batch in batches[: args.warmup_batches]:
@@ -283,9 +282,11 @@ def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArg
 
 
 def _quality(data, evaluation, predictions, counts, model, tokenizer, device, args) -> dict:
-    if data.task == "classification":
-        scores = classification_scores(predictions, evaluation.references, data.label_names)
-        return scores
+    if data.task == "classification":  # scored on the labelled rows (-100 marks a row without a label)
+        labelled = [
+            (prediction, label) for prediction, label in zip(predictions, evaluation.references, strict=True) if label >= 0
+        ]
+        return classification_scores([p for p, _ in labelled], [label for _, label in labelled], data.label_names)
     quality = {}
     if data.task == "causal_lm":
         quality["perplexity"] = _perplexity(model, tokenizer, data, evaluation, device, args)
@@ -319,14 +320,21 @@ def _perplexity(model, tokenizer, data, evaluation, device, args) -> float:
 
 @torch.no_grad()
 def teacher_agreement(
-    teacher_path: str, students: dict[str, str], data: PreparedData, evaluation: EvaluationSet, tokenizer, args, device
+    teacher_path: str,
+    students: dict[str, str],
+    data: PreparedData,
+    evaluation: EvaluationSet,
+    tokenizer,
+    args,
+    device,
+    trust_remote_code: bool = False,
 ) -> dict[str, dict]:
     """Mean token-level KL(teacher || student) and top-1 agreement under teacher forcing on the split's targets."""
-    teacher = load_model(teacher_path, data.task, flag="--models").to(device).eval()
+    teacher = load_model(teacher_path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
     collator = collator_for(data.task, tokenizer, teacher)
     results = {}
     for name, path in students.items():
-        student = load_model(path, data.task, flag="--models").to(device).eval()
+        student = load_model(path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
         shared = shared_output_size(output_rows(student), output_rows(teacher), len(tokenizer), data.task)
         kl_sum, agree, positions = 0.0, 0, 0
         for batch_indices in _batches(evaluation.order, args.benchmark_batch_size):
@@ -386,6 +394,7 @@ def run_benchmark(
     training_logs: dict[str, str] | None = None,
     teacher_name: str | None = None,
     max_target_length: int = 128,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Measure every model, compare the students with the teacher, and write the reports."""
     if not models:
@@ -397,15 +406,19 @@ def run_benchmark(
     evaluation = evaluation_set(data, args.benchmark_split)
     if data.task == "classification" and all(label < 0 for label in evaluation.references):
         raise InputError(
-            f"the {args.benchmark_split} split has no labels (all negative); benchmark another split with --benchmark_split"
+            f"the {args.benchmark_split} split has no labels (every row is unlabelled, e.g. -1); benchmark another split "
+            "with --benchmark_split"
         )
     generation = resolve_generation(models[teacher_name], data.task, args, args.max_new_tokens or max_target_length)
     results = {
-        name: evaluate_model(name, path, data, evaluation, tokenizer, generation, args, device) for name, path in models.items()
+        name: evaluate_model(name, path, data, evaluation, tokenizer, generation, args, device, trust_remote_code)
+        for name, path in models.items()
     }
     students = {name: path for name, path in models.items() if name != teacher_name}
     if students:
-        agreement = teacher_agreement(models[teacher_name], students, data, evaluation, tokenizer, args, device)
+        agreement = teacher_agreement(
+            models[teacher_name], students, data, evaluation, tokenizer, args, device, trust_remote_code
+        )
         for name, values in agreement.items():
             results[name].quality.update(values)
             if data.task == "classification":
@@ -462,8 +475,10 @@ def make_verdict(results: dict[str, ModelResult], teacher_name: str, main_metric
         if name == teacher_name:
             continue
         versus = result.versus_teacher
+        retained = versus["quality_retained"]
+        kept = f"{retained:.1f}%" if retained == retained else "n/a (the teacher scores 0)"
         parts.append(
-            f"{name} keeps {versus['quality_retained']:.1f}% of the teacher's {label} at {versus['speedup_latency']:.1f}x "
+            f"{name} keeps {kept} of the teacher's {label} at {versus['speedup_latency']:.1f}x "
             f"the speed and {100 * versus['size_fraction']:.0f}% of the size"
         )
     return "; ".join(parts) if parts else f"{teacher_name}: {label} {results[teacher_name].quality[main_metric]:.2f}"
@@ -489,190 +504,6 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-# ---- reports ---------------------------------------------------------------------------------------------------
-
-
-def _flat_row(name: str, result: dict) -> dict:
-    row = {"model": name}
-    for section in ("quality", "cost", "versus_teacher"):
-        for key, value in result[section].items():
-            if isinstance(value, (int, float)):
-                row[f"{key}"] = value
-    return row
-
-
-def write_reports(summary, results, data, evaluation, output_dir, training_logs, args) -> None:
-    """All files are written to a temporary folder first and moved in at the end: no half-written report."""
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=output_dir)
-    with open(os.path.join(staging, "benchmark_results.json"), "w") as handle:
-        json.dump(summary, handle, indent=2, default=float)
-    rows = [_flat_row(name, model) for name, model in summary["models"].items()]
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(os.path.join(staging, "comparison_table.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    samples = _sample_predictions(results, data, evaluation, args.num_sample_predictions)
-    with open(os.path.join(staging, "sample_predictions.md"), "w") as handle:
-        handle.write(samples)
-    plots = [_plot_quality_vs_latency(summary, staging)]
-    curves = _plot_training_curves(training_logs, staging)
-    if curves:
-        plots.append(curves)
-    with open(os.path.join(staging, "benchmark_report.md"), "w") as handle:
-        handle.write(_markdown_report(summary, plots))
-    for name in os.listdir(staging):
-        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    os.rmdir(staging)
-    logger.info("benchmark report written to %s", os.path.join(output_dir, "benchmark_report.md"))
-
-
-def _markdown_report(summary: dict, plots: list[str]) -> str:
-    main = summary["main_metric"]
-    lines = [
-        summary["verdict"],
-        "",
-        f"# Benchmark: {summary['task']}, {summary['examples']} {summary['split']} examples "
-        f"on {summary['environment']['device']}",
-        "",
-        f"Teacher: **{summary['teacher']}**. Main metric: {METRIC_LABELS.get(main, main)}. Latency at batch size 1 "
-        f"(p50 / p95), throughput at batch size {summary['settings']['benchmark']['benchmark_batch_size']}, warm-up excluded.",
-        "",
-    ]
-    quality_keys = [key for key in _quality_columns(summary) if key != main]
-    header = [
-        "model",
-        main,
-        *quality_keys,
-        "params (M)",
-        "params w/o emb. (M)",
-        "size (MB)",
-        "peak mem (MB)",
-        "p50 (ms)",
-        "p95 (ms)",
-        "examples/s",
-        "speed-up",
-        "size %",
-        "retained %",
-    ]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for name, model in summary["models"].items():
-        quality, cost, versus = model["quality"], model["cost"], model["versus_teacher"]
-        cells = [
-            name,
-            _format(quality.get(main)),
-            *[_format(quality.get(key)) for key in quality_keys],
-            f"{cost['parameters'] / 1e6:.2f}",
-            f"{cost['parameters_without_embeddings'] / 1e6:.2f}",
-            f"{cost['size_on_disk_mb']:.1f}",
-            _format(cost["peak_memory_mb"]),
-            f"{cost['latency_p50_ms']:.1f}",
-            f"{cost['latency_p95_ms']:.1f}",
-            f"{cost['examples_per_second']:.1f}",
-            f"{versus['speedup_latency']:.2f}x",
-            f"{100 * versus['size_fraction']:.0f}",
-            _format(versus["quality_retained"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Generation settings (the same for every model): " + json.dumps(summary["settings"]["generation"]), ""]
-    lines += ["Sample predictions side by side: [sample_predictions.md](sample_predictions.md)", ""]
-    lines += [f"![{os.path.splitext(plot)[0]}]({plot})" for plot in plots]
-    return "\n".join(lines) + "\n"
-
-
-def _quality_columns(summary: dict) -> list[str]:
-    keys = []
-    for model in summary["models"].values():
-        for key, value in model["quality"].items():
-            if isinstance(value, (int, float)) and key not in keys:
-                keys.append(key)
-    return keys
-
-
-def _format(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if value != value else f"{value:.2f}"
-    return str(value)
-
-
-def _sample_predictions(results, data, evaluation, count: int) -> str:
-    lines = ["# Sample predictions", ""]
-    for index in range(min(count, len(evaluation.features))):
-        source = " ".join(str(evaluation.sources[index]).split())
-        lines.append(f"## Example {index + 1}")
-        lines.append(f"**Input:** {source[:600]}{'...' if len(source) > 600 else ''}")
-        reference = evaluation.references[index]
-        if data.task == "classification":
-            reference = data.label_names[reference]
-        lines.append(f"**Reference:** {reference}")
-        for name, result in results.items():
-            prediction = result.predictions[index]
-            if data.task == "classification":
-                prediction = data.label_names[prediction]
-            lines.append(f"- **{name}:** {prediction}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _plot_quality_vs_latency(summary: dict, folder: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    main = summary["main_metric"]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for name, model in summary["models"].items():
-        x, y = model["cost"]["latency_p50_ms"], model["quality"].get(main, float("nan"))
-        axes.scatter([x], [y], s=40)
-        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5))
-    axes.set_xlabel("latency per example, p50 (ms, batch size 1)")
-    axes.set_ylabel(METRIC_LABELS.get(main, main))
-    axes.set_title("quality vs. latency")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    name = "quality_vs_latency.png"
-    figure.savefig(os.path.join(folder, name), dpi=120)
-    plt.close(figure)
-    return name
-
-
-def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | None:
-    """One panel per loss term (loss, ce_loss, kd_loss, ...), one line per trained model."""
-    histories = {}
-    for name, path in training_logs.items():
-        if path and os.path.isfile(path):
-            with open(path) as handle:
-                histories[name] = [entry for entry in json.load(handle).get("log_history", []) if "loss" in entry]
-    terms = sorted({key for entries in histories.values() for entry in entries for key in entry if key.endswith("loss")})
-    if not terms:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
-    for axis, term in zip(axes[0], terms, strict=True):
-        for name, entries in histories.items():
-            points = [(entry["step"], entry[term]) for entry in entries if term in entry]
-            if points:
-                axis.plot(*zip(*points, strict=True), label=name)
-        axis.set_title(term)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    name = "training_curves.png"
-    figure.savefig(os.path.join(folder, name), dpi=110)
-    plt.close(figure)
-    return name
-
-
 # ---- the command -----------------------------------------------------------------------------------------------
 
 
@@ -685,13 +516,22 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
         raise InputError(f"--model_names has {len(names)} names for {len(args.models)} models; give one per model")
     if len(set(names)) != len(names):
         raise InputError(f"model names must be distinct, got {', '.join(names)}; set --model_names")
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # launched under torchrun: one process measures and writes, the others would only compete with it
+        logger.info("process %d: the benchmark runs on the main process only", rank)
+        return {"verdict": f"process {rank}: the benchmark runs on the main process", "skipped": True}
     paths = [resolve_model_path(path, "--models") for path in args.models]
     from transformers import AutoConfig
 
-    configs = [AutoConfig.from_pretrained(path) for path in paths]
+    try:
+        configs = [AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code) for path in paths]
+    except OSError as error:
+        raise InputError(f"--models: {error}".splitlines()[0]) from None
     task = model_args.task or task_of_config(configs[0])
-    tokenizer = load_tokenizer(model_args.custom_tokenizer_local_path or paths[0], flag="--models")
-    _check_same_tokenizer(tokenizer, paths, names)
+    tokenizer = load_tokenizer(
+        model_args.custom_tokenizer_local_path or paths[0], flag="--models", trust_remote_code=model_args.trust_remote_code
+    )
+    _check_same_tokenizer(tokenizer, paths, names, model_args.trust_remote_code)
     raw = load_raw_splits(data_args, task)
     data = prepare_data(raw, tokenizer, task, data_args, has_trained_labels(configs[0]) if task == "classification" else None)
     training_logs = {name: os.path.join(path, "training_metrics.json") for name, path in zip(names, paths, strict=True)}
@@ -706,16 +546,50 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
     )
 
 
-def _check_same_tokenizer(tokenizer, paths: list[str], names: list[str]) -> None:
+def _check_same_tokenizer(tokenizer, paths: list[str], names: list[str], trust_remote_code: bool = False) -> None:
     reference = tokenizer.get_vocab()
     for name, path in zip(names, paths, strict=True):
         if not os.path.isdir(path) or not any(
             os.path.exists(os.path.join(path, file)) for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
         ):
             continue
-        other = load_tokenizer(path, flag="--models").get_vocab()
+        other = load_tokenizer(path, flag="--models", trust_remote_code=trust_remote_code).get_vocab()
         if other != reference:
             raise InputError(
                 f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(reference)}); benchmark models "
                 "that share one tokenizer, or pass --custom_tokenizer_local_path if only the files differ"
             )
+
+
+# ---- validation by generation ----------------------------------------------------------------------------------
+
+
+def generation_predictions(
+    model, tokenizer, data: PreparedData, split: str, *, max_new_tokens: int, sampled: bool, seed: int, batch_size: int = 16
+) -> dict:
+    """Greedy or sampled continuations of a split's inputs, scored with the benchmark's metrics (ROUGE, BLEU, length)."""
+    device = next(model.parameters()).device
+    evaluation = evaluation_set(data, split)
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": sampled, "num_beams": 1}
+    if sampled:
+        settings.update(top_k=0, top_p=1.0, temperature=1.0)
+        torch.manual_seed(seed)
+    runner = TaskRunner(model, tokenizer, data.task, settings, device)
+    was_training = model.training
+    model.eval()
+    outputs: list = [None] * len(evaluation.features)
+    for batch in _batches(evaluation.order, batch_size):
+        texts, counts = runner.predict([evaluation.features[i] for i in batch])
+        for index, text, count in zip(batch, texts, counts, strict=True):
+            outputs[index] = (text, count)
+    model.train(was_training)
+    predictions = [text for text, _ in outputs]
+    metrics = {"generated_length": generation_length([count for _, count in outputs])}
+    if all(reference is not None for reference in evaluation.references):
+        metrics.update(rouge_scores([p or "" for p in predictions], evaluation.references))
+        metrics.update(bleu_scores([p or "" for p in predictions], evaluation.references))
+    rows = [
+        {"input": source, "reference": reference, "prediction": prediction}
+        for source, reference, prediction in zip(evaluation.sources, evaluation.references, predictions, strict=True)
+    ]
+    return {"split": split, "settings": settings, "metrics": metrics, "predictions": rows}

@@ -76,45 +76,192 @@ def _liger_chunk_loss(divergence: str, temperature: float, beta: float, device: 
     return chunk_loss
 
 
-class _ChunkedLogitDistillation(torch.autograd.Function):
+# chunk_loss(student_chunk [n, V], start, end) -> (differentiable scalar, detached per-term sums [K]) or, for a loss
+# that knows its gradient in closed form, (loss, sums, gradient [n, V]); ``start:end`` locates the chunk in the row
+# order, for whatever else the loss reads per row (labels, teacher rows).
+RowChunkLoss = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def select_rows(tensor: torch.Tensor, rows: torch.Tensor, rows_on_cpu: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """``tensor[rows[start:end]]``, as a view without a copy when those rows are consecutive (the usual case).
+
+    ``rows`` are sorted and distinct (a mask's nonzero indices), so they are consecutive exactly when the last minus
+    the first is the count minus one; ``rows_on_cpu`` answers that without a device synchronization per chunk.
+    """
+    first, last = int(rows_on_cpu[start]), int(rows_on_cpu[end - 1])
+    if last - first == end - start - 1:
+        return tensor[first : last + 1]
+    return tensor.index_select(0, rows[start:end])
+
+
+class _ChunkedRowLosses(torch.autograd.Function):
     """Forward: loss and gradient chunk by chunk into one buffer. Backward: that buffer times ``grad_output``."""
 
     @staticmethod
-    def forward(
-        ctx,
-        student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
-        chunk_loss: ChunkLoss,
-        chunk_rows: int,
-        needs_grad: bool,
-    ) -> torch.Tensor:
-        # The gradient w.r.t. the student logits, in their dtype, as the reference's autograd would return it.
-        grad_buffer = torch.empty_like(student_logits, memory_format=torch.contiguous_format) if needs_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=student_logits.device)  # N == 0 sums no rows
-        for start in range(0, student_logits.shape[0], chunk_rows):
-            student_chunk = student_logits[start : start + chunk_rows].detach()
-            teacher_chunk = teacher_logits[start : start + chunk_rows].detach()
+    def forward(ctx, student_logits, rows, chunk_loss, chunk_rows, num_terms, needs_grad):
+        # With ``rows`` the buffer covers every row of the input, zero where no row was selected: the gradient
+        # autograd would have built for ``logits[mask]`` too, without the gathered [N, V] copies.
+        if not needs_grad:
+            grad_buffer = None
+        elif rows is None:
+            grad_buffer = torch.empty_like(student_logits, memory_format=torch.contiguous_format)
+        else:
+            grad_buffer = torch.zeros_like(student_logits, memory_format=torch.contiguous_format)
+        total = torch.zeros((), dtype=torch.float32, device=student_logits.device)  # no rows sums to 0
+        term_sums = torch.zeros(num_terms, dtype=torch.float32, device=student_logits.device)
+        row_count = student_logits.shape[0] if rows is None else rows.numel()
+        rows_on_cpu = rows.cpu() if rows is not None else None
+        for start in range(0, row_count, chunk_rows):
+            end = min(start + chunk_rows, row_count)
+            if rows is None:
+                chunk, index = student_logits[start:end], slice(start, end)
+            else:
+                chunk = select_rows(student_logits, rows, rows_on_cpu, start, end)
+                first, last = int(rows_on_cpu[start]), int(rows_on_cpu[end - 1])
+                index = slice(first, last + 1) if last - first == end - start - 1 else rows[start:end]
+            chunk = chunk.detach()
             if grad_buffer is None:
-                total += chunk_loss(student_chunk, teacher_chunk)
-                continue
-            student_chunk.requires_grad_(True)
-            with torch.enable_grad():  # autograd is off inside Function.forward; the chunk's own graph needs it
-                loss = chunk_loss(student_chunk, teacher_chunk)
-                (chunk_grad,) = torch.autograd.grad(loss, student_chunk)
-            grad_buffer[start : start + chunk_rows] = chunk_grad
-            total += loss.detach()
+                loss, parts, *_ = chunk_loss(chunk, start, end)
+            else:
+                chunk.requires_grad_(True)
+                with torch.enable_grad():  # autograd is off inside Function.forward; the chunk's own graph needs it
+                    loss, parts, *closed_form = chunk_loss(chunk, start, end)
+                    # A chunk loss may return its gradient itself (closed form, no graph); else autograd takes it.
+                    chunk_grad = closed_form[0] if closed_form else torch.autograd.grad(loss, chunk)[0]
+                if isinstance(index, slice):
+                    grad_buffer[index] = chunk_grad
+                else:
+                    grad_buffer.index_copy_(0, index, chunk_grad.to(grad_buffer.dtype))
+            total += loss.detach().float()
+            term_sums += parts.detach().float()
         # save_for_backward, not a ctx attribute: autograd frees the buffer as soon as the backward has run.
         ctx.save_for_backward(grad_buffer)
-        return total
+        ctx.mark_non_differentiable(term_sums)
+        return total, term_sums
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx, grad_output: torch.Tensor, _grad_terms: torch.Tensor):
         (grad_buffer,) = ctx.saved_tensors
         if grad_buffer is None:  # only the (frozen) teacher asked for a gradient
-            return None, None, None, None, None
-        # A loss backpropagated as is (grad_output == 1) hands the buffer over without another [N, V] tensor.
+            return None, None, None, None, None, None
+        # A loss backpropagated as is (grad_output == 1) hands the buffer over without another [M, V] tensor; the
+        # trainer folds its normalization into the chunk loss so that this is the usual case.
         grad_student = grad_buffer if torch.equal(grad_output, torch.ones_like(grad_output)) else grad_buffer * grad_output
-        return grad_student, None, None, None, None
+        return grad_student, None, None, None, None, None
+
+
+def chunked_row_losses(
+    student_logits: torch.Tensor,
+    chunk_loss: RowChunkLoss,
+    *,
+    rows: torch.Tensor | None = None,
+    num_terms: int = 1,
+    chunk_elements: int = 2**18,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``chunk_loss`` over the selected rows of ``student_logits`` in chunks, with bounded memory.
+
+    ``student_logits`` is ``[M, V]`` (e.g. a model's ``[B, T, V]`` logits viewed flat); ``rows`` ``[N]`` are the
+    distinct rows that enter the loss (all rows when None), processed ``max(1, chunk_elements // V)`` at a time,
+    each chunk gathered on the fly. Returns ``(loss, term_sums)``: the summed differentiable loss and the
+    detached per-term sums ``[num_terms]`` for logging. The gradient w.r.t. ``student_logits`` is computed in the
+    forward into one buffer shaped like it; no other ``[M, V]`` or ``[N, V]`` tensor outlives the forward.
+    """
+    if student_logits.dim() != 2:
+        raise ValueError(f"expected [rows, V] logits, got shape {tuple(student_logits.shape)}")
+    if chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
+    chunk_rows = max(1, chunk_elements // max(1, student_logits.shape[1]))
+    needs_grad = student_logits.requires_grad and torch.is_grad_enabled()
+    return _ChunkedRowLosses.apply(student_logits, rows, chunk_loss, chunk_rows, num_terms, needs_grad)
+
+
+def fused_ce_forward_kl(
+    student_chunk: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+    shared: int | None = None,
+    teacher_chunk: torch.Tensor | None = None,
+    teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """CE and forward KL of one chunk with their gradient in closed form: the common Hinton KD setup, fast.
+
+    Returns ``(weighted loss, [ce, kd] sums of the active terms, gradient [n, V] or None)``, the same values as
+    ``cross_entropy_sum`` + ``logit_distillation_loss(divergence="forward_kl")`` (or ``topk_distillation_loss`` with a
+    cached ``teacher_top = (log_probs [n, k], indices [n, k])``) and their autograd gradient, without building a
+    graph: CE's gradient is ``softmax(z) - ((1 - eps) * onehot + eps / V)``, forward KL's is ``T * (q - target)``
+    with q the student's softened distribution and target the teacher's (on a top-k cache: its probability on the
+    cached tokens, and off them its tail mass spread like the student's own tail, ``q_j * p_tail / q_tail``).
+    The gradient is computed only when ``student_chunk.requires_grad``.
+    """
+    with torch.no_grad():
+        logits = student_chunk.float()
+        vocab = logits.shape[-1]
+        shared = vocab if shared is None else shared
+        wants_grad = student_chunk.requires_grad
+        grad = torch.zeros_like(logits) if wants_grad else None
+        parts, total = [], logits.new_zeros(())
+        log_probs_1 = None
+        if ce_weight:
+            log_probs_1 = torch.log_softmax(logits, -1)
+            nll = -log_probs_1.gather(-1, labels[:, None]).squeeze(-1)
+            ce = (1 - label_smoothing) * nll.sum() - label_smoothing * log_probs_1.mean(-1).sum()
+            parts.append(ce)
+            total = total + ce_weight * ce
+            if wants_grad:
+                grad.add_(log_probs_1.exp(), alpha=ce_weight)
+                grad.scatter_add_(-1, labels[:, None], logits.new_full((len(labels), 1), -ce_weight * (1 - label_smoothing)))
+                if label_smoothing:
+                    grad.sub_(ce_weight * label_smoothing / vocab)
+        if kd_weight:
+            if temperature == 1 and shared == vocab and log_probs_1 is not None:
+                student_log_probs = log_probs_1
+            else:
+                student_log_probs = torch.log_softmax(logits[:, :shared] / temperature, -1)
+            student_probs = student_log_probs.exp()
+            if teacher_top is None:
+                teacher_log_probs = torch.log_softmax(teacher_chunk.float() / temperature, -1)
+                target = teacher_log_probs.exp()  # once: the loss and the gradient both use it
+                kd = (target * (teacher_log_probs - student_log_probs)).sum() * temperature**2
+            else:
+                kd, target = _topk_forward_kl(student_log_probs, student_probs, teacher_top, temperature)
+            parts.append(kd)
+            total = total + kd_weight * kd
+            if wants_grad:
+                grad[:, :shared].add_(student_probs.sub_(target), alpha=kd_weight * temperature)
+        return total, torch.stack(parts), grad
+
+
+def _topk_forward_kl(student_log_probs, student_probs, teacher_top, temperature):
+    """Forward KL over the k cached tokens plus one tail bucket, and the gradient target (see fused_ce_forward_kl)."""
+    teacher_log_probs, indices = teacher_top[0].float(), teacher_top[1].long()
+    student_top = student_log_probs.gather(-1, indices)
+    teacher_probs = teacher_log_probs.exp()
+    target = torch.zeros_like(student_probs).scatter_(-1, indices, teacher_probs)
+    kd = (teacher_probs * (teacher_log_probs - student_top)).sum()
+    if indices.shape[-1] < student_probs.shape[-1]:
+        off_support = student_probs.clone().scatter_(-1, indices, 0.0)
+        student_tail = off_support.sum(-1, keepdim=True).clamp_min(1e-30)
+        teacher_tail = (1.0 - teacher_probs.sum(-1, keepdim=True)).clamp_min(1e-30)
+        kd = kd + (teacher_tail * (teacher_tail.log() - student_tail.log())).sum()
+        target.add_(off_support.mul_(teacher_tail / student_tail))
+    return kd * temperature**2, target
+
+
+def uses_liger(divergence: str, temperature: float, beta: float, device: torch.device) -> bool:
+    """Whether the KD term of this setting runs in Liger's fused GPU kernel."""
+    return _liger_chunk_loss(divergence, temperature, beta, device) is not None
+
+
+def kd_chunk_function(divergence: str, temperature: float, beta: float, device: torch.device) -> ChunkLoss:
+    """``fn(student_rows, teacher_rows) -> summed KD``: Liger's fused kernel where it applies, else the reference."""
+    get_divergence(divergence)  # unknown names fail here, also when there are no rows
+    return _liger_chunk_loss(divergence, temperature, beta, device) or partial(
+        logit_distillation_loss, divergence=divergence, temperature=temperature, beta=beta
+    )
 
 
 def chunked_logit_distillation_loss(
@@ -124,7 +271,7 @@ def chunked_logit_distillation_loss(
     divergence: str = "forward_kl",
     temperature: float = 1.0,
     beta: float = 0.5,
-    chunk_elements: int = 2**20,
+    chunk_elements: int = 2**18,
 ) -> torch.Tensor:
     """:func:`~seq2seq_distill.losses.logit_distillation_loss` with memory bounded by ``chunk_elements``.
 
@@ -138,15 +285,14 @@ def chunked_logit_distillation_loss(
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
     if student_logits.dim() != 2:
         raise ValueError(f"expected [N, V] logits of supervised rows, got shape {tuple(student_logits.shape)}")
-    if chunk_elements < 1:
-        raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
-    get_divergence(divergence)  # unknown names fail here, also when there are no rows
-    chunk_rows = max(1, chunk_elements // max(1, student_logits.shape[1]))
-    chunk_loss = _liger_chunk_loss(divergence, temperature, beta, student_logits.device) or partial(
-        logit_distillation_loss, divergence=divergence, temperature=temperature, beta=beta
-    )
-    needs_grad = student_logits.requires_grad and torch.is_grad_enabled()
-    return _ChunkedLogitDistillation.apply(student_logits, teacher_logits, chunk_loss, chunk_rows, needs_grad)
+    kd_sum = kd_chunk_function(divergence, temperature, beta, student_logits.device)
+
+    def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
+        loss = kd_sum(student_chunk, teacher_logits[start:end].detach())
+        return loss, loss.detach().reshape(1)
+
+    loss, _ = chunked_row_losses(student_logits, chunk_loss, chunk_elements=chunk_elements)
+    return loss
 
 
-__all__ = ["chunked_logit_distillation_loss"]
+__all__ = ["chunked_logit_distillation_loss", "chunked_row_losses", "fused_ce_forward_kl", "kd_chunk_function", "uses_liger"]

@@ -13,8 +13,10 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import sys
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .arguments import (
     BenchmarkArguments,
+    CacheArguments,
     DataArguments,
     DistillationSettings,
     ModelArguments,
@@ -30,8 +33,10 @@ from .arguments import (
     PseudoLabelArguments,
     RunArguments,
     Seq2SeqDistillationTrainingArguments,
+    check_at_least,
 )
-from .errors import InputError
+from .errors import InputError, NonFiniteLossError
+from .guards import TrainingInterrupted
 
 logger = logging.getLogger("seq2seq_distill")
 
@@ -49,14 +54,11 @@ TRAINING_DEFAULTS = {
 # The embedded default (no data source, no teacher, no config): stdlib docstring summarization with a small T5
 # teacher trained from scratch; sized to finish the whole pipeline in minutes on 2 CPU cores.
 EMBEDDED_DEFAULTS = {
-    "model_type": "t5",
     "max_source_length": 96,
     "max_target_length": 24,
     "scratch_hidden_size": 128,
     "scratch_num_layers": 6,
     "scratch_vocab_size": 2000,
-    "num_encoder_layers": 2,
-    "num_decoder_layers": 2,
     "learning_rate": 1e-3,
     "num_train_epochs": 8,
     "teacher_num_train_epochs": 15,
@@ -66,6 +68,20 @@ EMBEDDED_DEFAULTS = {
     "save_strategy": "no",
     "max_new_tokens": 24,
 }
+
+EMBEDDED_STUDENT_LAYERS = {
+    "t5": {"num_encoder_layers": 2, "num_decoder_layers": 2},
+    "bart": {"num_encoder_layers": 2, "num_decoder_layers": 2},
+    "bert": {"num_encoder_layers": 2},
+    "gpt2": {"num_layers": 2},
+}
+
+
+def embedded_defaults(model_type: str | None) -> dict:
+    """The embedded preset for a model type (t5 when none is given): shared settings plus its student's layers."""
+    model_type = model_type or "t5"
+    return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {})}
+
 
 # --dry-run: a few steps on a few examples, outputs in a separate folder.
 DRY_RUN = {
@@ -141,6 +157,13 @@ def _run_distill(parsed):
     print(f"distilled student saved to {run.path}")
 
 
+def _run_cache_teacher(parsed):
+    from .pipeline import cache_teacher
+
+    path = cache_teacher(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[CacheArguments])
+    print(f"teacher cache written to {path}; distill from it with --teacher_cache {path} --student PATH")
+
+
 def _run_pseudo_label(parsed):
     from .pipeline import pseudo_label
 
@@ -205,6 +228,13 @@ COMMANDS = {
             (ModelArguments, DataArguments, _TRAINING, PipelineArguments, BenchmarkArguments, RunArguments),
             _run_pipeline,
             "outputs/pipeline",
+        ),
+        Command(
+            "cache_teacher",
+            "run the teacher once and store its top-k log-probabilities; distill --teacher_cache then trains without it",
+            (ModelArguments, DataArguments, _TRAINING, CacheArguments, RunArguments),
+            _run_cache_teacher,
+            "outputs/teacher_cache",
         ),
         Command(
             "pseudo_label",
@@ -314,18 +344,22 @@ def _convert_scalar(key: str, value, action):
             if isinstance(value, bool):
                 raise ValueError
             converted = float(value)
+            if not math.isfinite(converted):  # nan / inf pass every range check and poison the run later
+                raise ValueError
         elif kind is str:
             if isinstance(value, (list, dict)):
                 raise ValueError
             converted = str(value)
-        elif isinstance(value, bool) and kind is not None and getattr(kind, "__name__", "") == "string_to_bool":
-            converted = value
+        elif getattr(kind, "__name__", "") == "string_to_bool":
+            if not isinstance(value, (bool, str)):  # 1 or 0.5 for a switch such as trust_remote_code is a mistake
+                raise ValueError
+            converted = kind(value)
         elif kind is not None and isinstance(value, str):
             converted = kind(value)
         else:
             converted = value
-    except (ValueError, TypeError, KeyError, InputError):
-        expected = getattr(kind, "__name__", "value").replace("string_to_bool", "boolean")
+    except (ValueError, TypeError, KeyError, ArgumentTypeError):
+        expected = getattr(kind, "__name__", "value").replace("string_to_bool", "boolean").replace("float", "finite float")
         raise InputError(f"config key {key!r} must be a {expected}, got {value!r}") from None
     if action.choices is not None and converted not in action.choices:
         raise InputError(f"config key {key!r} must be one of: {', '.join(map(str, action.choices))}; got {value!r}")
@@ -344,16 +378,57 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
     given = set(file_values) | {_flag_name(arg) for arg in argv if arg.startswith("--")}
     if not config_path and not given & set(DATA_SOURCE_KEYS):
         known = _destinations(parser)
-        parser.set_defaults(**{key: value for key, value in EMBEDDED_DEFAULTS.items() if key in known})
+        preset = embedded_defaults(_flag_value(argv, "model_type"))
+        parser.set_defaults(**{key: value for key, value in preset.items() if key in known})
     if file_values:
         parser.set_defaults(**config_defaults(file_values, parser, command))
-    *objects, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True, look_for_args_file=False)
+    try:
+        *objects, remaining = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True, look_for_args_file=False
+        )
+    except InputError:
+        raise
+    except (ValueError, TypeError, OSError) as error:  # TrainingArguments.__post_init__ rejecting a combination
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"invalid {command.name} settings: {reason}; fix that flag or config key") from None
     if remaining:
         flag = next((item for item in remaining if item.startswith("-")), remaining[0])
         close = difflib.get_close_matches(_flag_name(flag), sorted(_destinations(parser)), n=1)
         hint = f"; did you mean --{close[0]}?" if close else f"; see seq2seq-distill {command.name} --help"
         raise InputError(f"unknown argument {flag!r} for {command.name}{hint}")
+    check_values(objects)
     return {type(obj): obj for obj in objects}
+
+
+# TrainingArguments values the Trainer would only trip over mid-run (a DataLoader error, a division by zero).
+TRAINING_MINIMUMS = {
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 0,
+    "num_train_epochs": 0,
+    "dataloader_num_workers": 0,
+    "seed": 0,
+}
+
+
+def check_values(objects) -> None:
+    """Ranges the dataclasses do not check themselves: no nan / inf anywhere, and sane Trainer settings."""
+    for obj in objects:
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{field.name} must be a finite number, got {value!r}")
+        if not isinstance(obj, TrainingArguments):
+            continue
+        for name, minimum in TRAINING_MINIMUMS.items():
+            check_at_least(obj, (name,), minimum)
+        if obj.seed >= 2**32:
+            raise InputError(f"seed must be below 2**32, got {obj.seed}")
+        if obj.save_strategy == "steps" and not obj.save_steps > 0:
+            raise InputError(f"save_steps must be > 0 with --save_strategy steps, got {obj.save_steps!r}")
+        if not 0 <= obj.label_smoothing_factor < 1:
+            raise InputError(f"label_smoothing_factor must be in [0, 1), got {obj.label_smoothing_factor!r}")
 
 
 def _flag_name(arg: str) -> str:
@@ -472,7 +547,13 @@ def _configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; bad input prints one line and returns 2 (set SEQ2SEQ_DISTILL_DEBUG=1 for the traceback)."""
+    """Run a command; bad input prints one line and returns 2 (set SEQ2SEQ_DISTILL_DEBUG=1 for the traceback).
+
+    A loss term that turns NaN or infinite stops the run with a checkpoint from before that step and returns 3.
+
+    A run stopped by SIGTERM or Ctrl-C saves a checkpoint, prints how to resume and returns 128 + the signal number
+    (143, 130), so schedulers and ``cmd && next`` see that it did not finish.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(argv)
@@ -481,6 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # SIGTERM / Ctrl-C: a checkpoint was saved, no traceback
+        print(f"stopped: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except NonFiniteLossError as error:  # the numerical guard: a checkpoint from before the bad step was saved
+        if os.environ.get("SEQ2SEQ_DISTILL_DEBUG"):
+            raise
+        print(f"stopped: {error}", file=sys.stderr)
+        return 3
 
 
 def console_main() -> None:

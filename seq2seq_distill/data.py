@@ -8,12 +8,16 @@ Tokenization goes through ``datasets.map`` and is cached by ``datasets`` for fil
 
 from __future__ import annotations
 
+import codecs
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetsError
+from pyarrow.lib import ArrowException
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .arguments import DataArguments
@@ -79,7 +83,14 @@ def _load_local(path: str, column_names: Sequence[str] | None) -> DatasetDict:
     if os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, marker)) for marker in ("dataset_dict.json", "dataset_info.json", "state.json")
     ):
-        loaded = load_from_disk(path)
+        try:
+            loaded = load_from_disk(path)
+        except (*LOADER_ERRORS, OSError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise InputError(
+                f"{path!r} looks like a folder saved with save_to_disk but could not be read ({reason}); save it again "
+                "with DatasetDict.save_to_disk, or pass the data file itself"
+            ) from None
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
     files = _split_files(path)
     for split, file in files.items():
@@ -96,10 +107,64 @@ def _load_local(path: str, column_names: Sequence[str] | None) -> DatasetDict:
         if FILE_FORMATS[extension] != "csv":
             raise InputError("--dataset_column_names applies to headerless csv / tsv files only")
         options["column_names"] = list(column_names)
+    if FILE_FORMATS[extension] != "parquet":  # pyarrow's json reader accepts bad bytes and fails later, on access
+        for split, file in files.items():
+            offset = _non_utf8_offset(file)
+            if offset is not None:
+                raise InputError(
+                    f"the {split} file {file!r} is not UTF-8 text (invalid byte at offset {offset}); re-encode it as "
+                    "UTF-8, e.g. iconv -f latin1 -t utf-8"
+                )
     try:
         return load_dataset(FILE_FORMATS[extension], data_files=files, **options)
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path!r} is not UTF-8 text ({error.reason} at byte {error.start}); re-encode it as UTF-8") from None
+    except LOADER_ERRORS as error:
+        raise _unreadable(path, files, options, error) from None
+
+
+# What the csv / json / parquet loaders raise on a malformed file (UnicodeDecodeError, pandas' ParserError and
+# ArrowInvalid are ValueErrors); caught only around load_dataset / load_from_disk of the user's own files.
+LOADER_ERRORS = (DatasetsError, ArrowException, ValueError)
+
+
+def _unreadable(path: str, files: dict[str, str], options: dict, error: Exception) -> InputError:
+    """One line naming the file that could not be read and why, instead of the loaders' deep traceback."""
+    culprit = next(iter(files.items())) if len(files) == 1 else _failing_file(files, options)
+    where = f"the {culprit[0]} file {culprit[1]!r}" if culprit else f"the data files under {path!r}"
+    cause = (error.__cause__ or error.__context__) if isinstance(error, DatasetsError) else error
+    reason = (str(cause or error).strip().splitlines() or [type(error).__name__])[0]
+    if "corresponds to no data" in reason:
+        return InputError(f"{where} has no rows; add examples (a csv / tsv file needs a header line and at least one row)")
+    return InputError(
+        f"could not read {where}: {reason}; fix the file (.jsonl: one JSON object per line; .csv / .tsv: a header and "
+        "the same number of fields on every row; .parquet: written by pandas or pyarrow)"
+    )
+
+
+def _failing_file(files: dict[str, str], options: dict) -> tuple[str, str] | None:
+    """The first (split, file) that fails on its own, to name it; only called after a failed load."""
+    for split, file in files.items():
+        try:
+            load_dataset(FILE_FORMATS[os.path.splitext(file)[1].lower()], data_files={split: file}, **options)
+        except LOADER_ERRORS:
+            return split, file
+    return None
+
+
+def _non_utf8_offset(file: str) -> int | None:
+    """Byte offset of the first byte that is not valid UTF-8, or None for a UTF-8 file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(file, "rb") as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:
+                return offset - pending + error.start
+            if not chunk:
+                return None
+            offset += len(chunk)
 
 
 def _has_content(file: str) -> bool:
@@ -202,13 +267,28 @@ def _first_present(candidates: Sequence[str], columns: Sequence[str]) -> str | N
     return next((name for name in candidates if name in columns), None)
 
 
+def _unlabelled(value) -> bool:
+    """GLUE-style test splits mark rows without a label with -1 (any negative integer): not a class."""
+    return isinstance(value, int) and not isinstance(value, bool) and value < 0
+
+
 def label_names_of(raw: DatasetDict, target_column: str, known: dict[str, int] | None = None) -> list[str]:
     """Label names in id order: a ClassLabel's names, the teacher's labels, or the sorted distinct values."""
     feature = raw["train"].features[target_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    values = sorted({value for split in raw.values() for value in split[target_column]}, key=lambda v: (str(type(v)), v))
-    if any(value is None or value == "" for value in values):
+    distinct = {}
+    for split in raw.values():
+        for value in split[target_column]:
+            if value is not None and not isinstance(value, (str, int, float)):
+                raise InputError(
+                    f"column {target_column!r} holds {type(value).__name__} values, not labels; labels must be strings "
+                    "or integers: set --dataset_target_column"
+                )
+            if not _unlabelled(value):
+                distinct.setdefault(value, value)
+    values = sorted(distinct.values(), key=lambda v: (str(type(v)), v))
+    if any(value is None or value == "" or (isinstance(value, float) and math.isnan(value)) for value in values):
         raise InputError(f"column {target_column!r} has empty labels; drop those rows or fill them in")
     names = [str(value) for value in values]
     if known:
@@ -242,6 +322,12 @@ def prepare_data(
 ) -> PreparedData:
     """Tokenize every split for ``task``; classification labels become ids (names kept in ``label_names``)."""
     input_column, target_column = resolve_columns(raw, data_args, task)
+    for split, dataset in raw.items():  # empty targets are caught after tokenization (truncation can empty them too)
+        if _all_empty(dataset, input_column):
+            raise InputError(
+                f"input column {input_column!r} is empty in every row of the {split} split; fill it in or choose "
+                f"another column with --dataset_input_column (columns: {', '.join(dataset.column_names)})"
+            )
     label_names = None
     if task == "classification":
         label_names = label_names_of(raw, target_column, label2id)
@@ -252,6 +338,14 @@ def prepare_data(
         }
     )
     return PreparedData(raw, tokenized, task, input_column, target_column, label_names)
+
+
+def _all_empty(dataset: Dataset, column: str) -> bool:
+    """True when every value of ``column`` is None or blank text; stops at the first value with content."""
+    for batch in dataset.select_columns([column]).iter(batch_size=1000):
+        if any(value is not None and (not isinstance(value, str) or value.strip()) for value in batch[column]):
+            return False
+    return True
 
 
 def _tokenize_split(dataset, tokenizer, task, data_args, input_column, target_column, label_names, split) -> Dataset:
@@ -271,7 +365,7 @@ def _tokenize_split(dataset, tokenizer, task, data_args, input_column, target_co
             return features
         if task == "classification":
             features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
-            features["labels"] = [label_ids[str(value)] for value in batch[target_column]]
+            features["labels"] = [-100 if _unlabelled(value) else label_ids[str(value)] for value in batch[target_column]]
             return features
         return _encode_causal(batch, inputs, tokenizer, data_args, target_column)
 
@@ -307,7 +401,8 @@ def _encode_causal(batch, prompts, tokenizer, data_args, target_column) -> dict:
             input_ids.append(ids)
             labels.append(list(ids))
             continue
-        prompt_ids = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"][: data_args.max_source_length]
+        prompt_ids = tokenizer(prompt + data_args.prompt_suffix, add_special_tokens=False)["input_ids"]
+        prompt_ids = prompt_ids[: data_args.max_source_length]
         completion_ids = tokenizer(_text(completion, target_column), add_special_tokens=False)["input_ids"]
         completion_ids = completion_ids[: data_args.max_target_length - 1] + [tokenizer.eos_token_id]
         input_ids.append(prompt_ids + completion_ids)

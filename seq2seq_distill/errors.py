@@ -7,3 +7,7 @@ keeps its traceback. It subclasses ValueError so Python callers can catch either
 
 class InputError(ValueError):
     """Bad input, with a message that names the problem and the fix."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the run stopped with a checkpoint from before that step."""

@@ -130,6 +130,41 @@ def logit_distillation_loss(
     return divergence_fn(student_log_probs, teacher_log_probs, beta).sum() * temperature**2
 
 
+def _log_tail(top_log_probs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(top))) per row: the log-mass outside the top-k, floored so an empty tail stays finite."""
+    covered = torch.logsumexp(top_log_probs, dim=-1, keepdim=True).exp()
+    return torch.log((1.0 - covered).clamp_min(1e-30))
+
+
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_topk_log_probs: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    *,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """KD against a cached teacher that kept only its top-k tokens per position, summed over rows, times T².
+
+    ``student_logits`` is ``[N, V]``; ``teacher_topk_log_probs`` ``[N, k]`` are the teacher's log-probabilities at
+    ``temperature`` (already softened) of the tokens in ``teacher_topk_indices`` ``[N, k]``. Both distributions are
+    compared on k + 1 outcomes: the k cached tokens and one "tail" outcome holding all remaining mass (the
+    teacher's is 1 - sum of its top-k; the student's, one minus its own mass on those tokens). The tail keeps the
+    student from being rewarded for mass it puts outside the support, and when k covers the whole vocabulary the
+    tail is empty and the value equals :func:`logit_distillation_loss`.
+    """
+    divergence_fn = get_divergence(divergence)
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    student_top = student_log_probs.gather(-1, teacher_topk_indices.long())
+    teacher_top = teacher_topk_log_probs.float()
+    if teacher_top.shape[-1] < student_logits.shape[-1]:
+        # With the whole vocabulary cached there is no tail; a tail of float rounding noise would only add error.
+        student_top = torch.cat([student_top, _log_tail(student_top)], dim=-1)
+        teacher_top = torch.cat([teacher_top, _log_tail(teacher_top)], dim=-1)
+    return divergence_fn(student_top, teacher_top, beta).sum() * temperature**2
+
+
 def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, *, kind: str = "mse") -> torch.Tensor:
     """Summed per-token distance between ``[N, D]`` hidden states (project the student first if sizes differ).
 

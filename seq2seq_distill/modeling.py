@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pickle
 
 import torch
 from transformers import (
@@ -139,6 +140,24 @@ def load_model(
         if "Unrecognized configuration class" in str(error):
             raise InputError(f"{flag} {name_or_path!r} is a {config.model_type!r} model, which has no {task} head") from None
         raise
+    except OSError as error:  # a folder with a config but no (complete) weights, or the hub out of reach
+        if not os.path.isdir(path):
+            raise _hub_error(name_or_path, error, flag) from None
+        reason = " ".join(str(error).split())
+        raise InputError(f"{flag} {path!r}: its weights could not be read ({reason}); save the model there again") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused a pickled object: nothing of it ran
+        raise InputError(
+            f"{flag} {name_or_path!r}: its PyTorch weights file holds Python objects besides tensors, so it was not "
+            "loaded (unpickling them could run code); use a copy saved as safetensors, or convert it only if you "
+            "trust its source"
+        ) from None
+
+
+def parameter_count(config, task: str) -> int:
+    """Parameters of a model built from ``config`` for ``task``, counted on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = AUTO_MODEL_CLASSES[task].from_config(config)
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _prefer_safetensors(name_or_path: str) -> bool | None:
@@ -184,7 +203,8 @@ def output_rows(model: PreTrainedModel) -> int:
         return int(model.config.num_labels)
     output_embeddings = model.get_output_embeddings()
     if output_embeddings is not None:
-        return int(output_embeddings.weight.shape[0])
+        weight = output_embeddings.weight
+        return int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 partitions weights to empty tensors
     return int(model.config.vocab_size)
 
 
@@ -195,6 +215,8 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
     smaller count, provided the tokenizer's tokens all fit in it: rows past the tokenizer are never targets. Any
     other difference is a real vocabulary mismatch.
     """
+    if min(student_rows, teacher_rows) < 1:
+        raise InputError(f"a model reports {min(student_rows, teacher_rows)} output rows; its output layer cannot be read")
     if student_rows == teacher_rows:
         return student_rows
     if task == "classification":

@@ -17,29 +17,32 @@ from dataclasses import dataclass
 import torch
 from datasets import DatasetDict
 from tqdm.auto import tqdm
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .arguments import (
     TASK_OF_MODEL_TYPE,
     WEIGHT_NAMES,
+    CacheArguments,
     DataArguments,
     ModelArguments,
     PipelineArguments,
     PseudoLabelArguments,
 )
+from .checkpoints import CHECKPOINTS_DIR, check_resume, resolve_resume
 from .data import PreparedData, collator_for, has_trained_labels, load_raw_splits, prepare_data
 from .errors import InputError
-from .families import family_of
-from .modeling import load_model, load_tokenizer, resolve_model_path, task_of_model
+from .families import family_of, num_layers, supported_model_types
+from .guards import GracefulStop, TrainingInterrupted
+from .layer_maps import check_layer_map
+from .modeling import load_model, load_tokenizer, parameter_count, resolve_model_path, task_of_model
 from .students import create_student
+from .teacher_cache import build_teacher_cache, load_teacher_cache
 from .tiny import tiny_model, train_tokenizer
 from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
 
 logger = logging.getLogger(__name__)
 
 TRAINING_METRICS_FILE = "training_metrics.json"
-CHECKPOINTS_DIR = "checkpoints"
 MODEL_TYPE_OF_FAMILY = {"t5": "t5", "bart": "bart", "bert": "bert", "distilbert": "bert", "gpt2": "gpt2"}
 
 
@@ -123,8 +126,13 @@ def load_teacher_and_tokenizer(
 
 
 def build_student(teacher: PreTrainedModel, model_args: ModelArguments, training_args) -> PreTrainedModel:
+    # A student that is not copied (a --hidden_dim of its own, new heads) is initialized from --seed, not from
+    # whatever the process's random state happens to be, so two runs with the same flags start from the same weights.
+    set_seed(training_args.seed)
     if model_args.student:
-        student = load_model(model_args.student, task_of_model(teacher), flag="--student")
+        student = load_model(
+            model_args.student, task_of_model(teacher), flag="--student", trust_remote_code=model_args.trust_remote_code
+        )
     else:
         student = create_student(
             teacher,
@@ -142,7 +150,104 @@ def build_student(teacher: PreTrainedModel, model_args: ModelArguments, training
     return student
 
 
+LAYER_MAP_NAMES = ("encoder_layer_map", "decoder_layer_map", "layer_map")
+LAYER_COUNT_NAMES = ("num_encoder_layers", "num_decoder_layers", "num_layers")
+
+
+def check_student_plan(model_args: ModelArguments, training_args, teacher_config, task: str) -> None:
+    """The student flags checked against the teacher's config, before any data is read or weights are loaded.
+
+    With ``--student``: the teacher's model family, not more parameters than the teacher (an error: a student
+    that big is usually --teacher and --student swapped), more layers only with a warning (a deep-and-thin student
+    is a real design), and layer maps that fit both. Otherwise: layer counts and maps that fit the teacher.
+    """
+    family = family_of(teacher_config)
+    if model_args.student:
+        student_config = _student_config(model_args)
+        if student_config is not None:  # else load_model reports the missing or unreadable student itself
+            _check_student_against_teacher(student_config, teacher_config, task, training_args)
+        return
+    allowed = {stack.count_argument for stack in family.stacks} | {stack.map_argument for stack in family.stacks}
+    given = {name for name in LAYER_COUNT_NAMES if getattr(model_args, name) is not None}
+    given |= {name for name in LAYER_MAP_NAMES if getattr(training_args, name, None) is not None}
+    if given - allowed:
+        flags = ", ".join(f"--{name}" for name in sorted(given - allowed))
+        raise InputError(f"a {teacher_config.model_type!r} teacher takes --{', --'.join(sorted(allowed))}, not {flags}")
+    for stack in family.stacks:
+        teacher_layers = num_layers(teacher_config, stack)
+        count = getattr(model_args, stack.count_argument)
+        if count is not None and count > teacher_layers:
+            raise InputError(
+                f"--{stack.count_argument} {count} is more than the teacher's {teacher_layers} {stack.role} layers; "
+                f"a student must be smaller: choose at most {teacher_layers}"
+            )
+        explicit = getattr(training_args, stack.map_argument, None)
+        if explicit is not None:
+            check_layer_map(explicit, teacher_layers, len(explicit) if count is None else count, stack.map_argument)
+
+
+def _student_config(model_args: ModelArguments):
+    path = resolve_model_path(model_args.student, "--student")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
+def _family_key(config) -> str:
+    """Families whose checkpoints distill into each other (BERT and DistilBERT share a tokenizer) share a key."""
+    return MODEL_TYPE_OF_FAMILY.get(family_of(config).name, family_of(config).name)
+
+
+def _check_student_against_teacher(student_config, teacher_config, task: str, training_args) -> None:
+    student_type, teacher_type = student_config.model_type, teacher_config.model_type
+    if student_type not in supported_model_types() or _family_key(student_config) != _family_key(teacher_config):
+        raise InputError(
+            f"--student is a {student_type!r} model but the teacher is a {teacher_type!r} model; distill into a "
+            "student of the teacher's family (drop --student to build one from the layer flags, or use make_student)"
+        )
+    student_size, teacher_size = parameter_count(student_config, task), parameter_count(teacher_config, task)
+    if student_size > teacher_size:
+        raise InputError(
+            f"--student has {student_size:,} parameters, more than the teacher's {teacher_size:,}; a student must be "
+            "smaller: check that --teacher and --student are not swapped"
+        )
+    stacks = zip(family_of(student_config).stacks, family_of(teacher_config).stacks, strict=True)
+    for student_stack, stack in stacks:
+        student_layers, teacher_layers = num_layers(student_config, student_stack), num_layers(teacher_config, stack)
+        if student_layers > teacher_layers:
+            logger.warning(
+                "the student has more %s layers (%d) than the teacher (%d) but fewer parameters; the feature terms "
+                "need --%s to pair them",
+                stack.role,
+                student_layers,
+                teacher_layers,
+                stack.map_argument,
+            )
+        explicit = getattr(training_args, stack.map_argument, None)
+        if explicit is not None:
+            check_layer_map(explicit, teacher_layers, student_layers, stack.map_argument)
+
+
 # ---- training --------------------------------------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    """True in a single-process run and on global rank 0 under torchrun / accelerate launch (the one that writes)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def from_main_process(value):
+    """The main process's ``value`` on every process (the value itself without a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    payload = [value]
+    broadcast_object_list(payload, from_process=0)
+    return payload[0]
 
 
 def with_overrides(training_args, **overrides):
@@ -155,23 +260,8 @@ def with_overrides(training_args, **overrides):
 
 def ce_only(training_args):
     """Settings for a run without a teacher: a teacher's own training, or the no-distillation baseline."""
-    return with_overrides(training_args, **{name: 1.0 if name == "ce_weight" else 0.0 for name in WEIGHT_NAMES})
-
-
-def resolve_resume(resume: str | None, checkpoints_dir: str) -> str | None:
-    """``--resume_from_checkpoint`` as a path: a checkpoint folder, or ``latest`` / ``true`` for the newest one."""
-    if resume in (None, "", "false", "False"):
-        return None
-    if resume in ("latest", "last", "true", "True"):
-        last = get_last_checkpoint(checkpoints_dir) if os.path.isdir(checkpoints_dir) else None
-        if last is None:
-            raise InputError(f"--resume_from_checkpoint {resume}: no checkpoint under {checkpoints_dir!r} yet")
-        return last
-    if not os.path.isdir(resume):
-        available = sorted(os.listdir(checkpoints_dir)) if os.path.isdir(checkpoints_dir) else []
-        hint = f"checkpoints there: {', '.join(available)}" if available else "use 'latest' to pick the newest"
-        raise InputError(f"--resume_from_checkpoint {resume!r} does not exist ({hint})")
-    return resume
+    switched_off = (*WEIGHT_NAMES, "token_frequency_penalty", "diversity_penalty", "entropy_penalty", "on_policy_fraction")
+    return with_overrides(training_args, **{name: 1.0 if name == "ce_weight" else 0.0 for name in switched_off})
 
 
 def train_model(
@@ -182,33 +272,78 @@ def train_model(
     tokenizer: PreTrainedTokenizerBase,
     training_args,
     output_dir: str,
+    teacher_cache=None,
 ) -> TrainedModel:
     """One training run with the shared trainer; saves the final model, tokenizer and every logged value."""
     checkpoints = os.path.join(output_dir, CHECKPOINTS_DIR)
     args = with_overrides(training_args, output_dir=checkpoints)
     trainer_class = Seq2SeqDistillationTrainer if data.task == "seq2seq" else DistillationTrainer
     evaluate = args.eval_strategy != "no"
+    train_dataset = data.tokenized["train"]
+    eval_dataset = data.tokenized["validation"] if evaluate else None
+    collator = collator_for(data.task, tokenizer, model)
+    if teacher_cache is not None:  # the cached teacher rows travel as extra columns beside each example
+        train_dataset = teacher_cache.attach("train", train_dataset)
+        eval_dataset = teacher_cache.attach("validation", eval_dataset) if evaluate else None
+        collator = teacher_cache.collator(collator)
+    stop = GracefulStop()  # SIGTERM / Ctrl-C: checkpoint at the next step end, then TrainingInterrupted below
     trainer = trainer_class(
         model=model,
         teacher_model=teacher,
+        teacher_cache=teacher_cache,
         args=args,
-        train_dataset=data.tokenized["train"],
-        eval_dataset=data.tokenized["validation"] if evaluate else None,
-        data_collator=collator_for(data.task, tokenizer, model),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
         processing_class=tokenizer,
+        callbacks=[stop],
     )
     resume = resolve_resume(args.resume_from_checkpoint, checkpoints)
     logger.info("training %s -> %s", name, output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stop.restore()
+    if stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
+        # No final model: a stopped run must not look finished. The checkpoint is where resume starts.
+        raise TrainingInterrupted(stop.received, trainer.state.global_step, checkpoint=stop.checkpoint)
     metrics = dict(result.metrics)
     if evaluate:
         metrics.update(trainer.evaluate())
+    if args.predict_with_generate and data.task == "causal_lm" and trainer.is_world_process_zero():
+        metrics.update(validate_by_generation(model, tokenizer, data, args, output_dir))
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         record = {"name": name, "final_metrics": metrics, "log_history": trainer.state.log_history}
         with open(os.path.join(output_dir, TRAINING_METRICS_FILE), "w") as handle:
             json.dump(record, handle, indent=2)
+    if stop.received is not None:  # the signal came at the very last step: finished and saved, but stop here
+        raise TrainingInterrupted(stop.received, trainer.state.global_step, finished_in=output_dir)
     return TrainedModel(name, output_dir, metrics)
+
+
+def validate_by_generation(model, tokenizer, data: PreparedData, args, output_dir: str) -> dict:
+    """Greedy and sampled completions of the validation split, written to ``validation_predictions.json``."""
+    from .benchmark import generation_predictions
+
+    max_new_tokens = args.generation_max_length or 64
+    results = {
+        mode: generation_predictions(
+            model,
+            tokenizer,
+            data,
+            "validation",
+            max_new_tokens=max_new_tokens,
+            sampled=mode == "sampled",
+            seed=args.seed,
+            batch_size=args.per_device_eval_batch_size,
+        )
+        for mode in ("greedy", "sampled")
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "validation_predictions.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    return {f"validation_{mode}_{name}": value for mode, result in results.items() for name, value in result["metrics"].items()}
 
 
 def scratch_teacher(
@@ -221,7 +356,8 @@ def scratch_teacher(
     texts = list(raw["train"][input_column])
     if task != "classification" and target_column:
         texts += list(raw["train"][target_column])
-    tokenizer = train_tokenizer(texts, vocab_size=model_args.scratch_vocab_size, model_type=model_type)
+    # Tokenizer training is not deterministic across processes: under torchrun every rank takes the main one's.
+    tokenizer = from_main_process(train_tokenizer(texts, vocab_size=model_args.scratch_vocab_size, model_type=model_type))
     data = prepare_data(raw, tokenizer, task, data_args)
     hidden = model_args.scratch_hidden_size
     teacher = tiny_model(
@@ -232,6 +368,7 @@ def scratch_teacher(
         heads=max(1, hidden // 32),
         num_labels=len(data.label_names or [0, 1]),
     )
+    teacher.load_state_dict(from_main_process(teacher.state_dict()))  # and one initialization
     for name, value in label_overrides(task, data.label_names).items():
         setattr(teacher.config, name, value)
     if teacher.can_generate():
@@ -239,11 +376,6 @@ def scratch_teacher(
         teacher.generation_config.max_length = None
     logger.info("teacher built from scratch: %s, hidden %d, %d layers", model_type, hidden, model_args.scratch_num_layers)
     return teacher, tokenizer, data
-
-
-def check_resume(training_args, output_dir: str | None = None) -> None:
-    """Fail on a bad --resume_from_checkpoint before any data or model is loaded."""
-    resolve_resume(training_args.resume_from_checkpoint, os.path.join(output_dir or training_args.output_dir, CHECKPOINTS_DIR))
 
 
 def train_teacher(model_args, data_args, training_args, pipeline_args: PipelineArguments | None = None) -> TrainedModel:
@@ -277,8 +409,9 @@ def make_student(model_args: ModelArguments, training_args, output_dir: str) -> 
     tokenizer = load_tokenizer(model_args.custom_tokenizer_local_path or source, trust_remote_code=model_args.trust_remote_code)
     teacher = load_model(source, task, trust_remote_code=model_args.trust_remote_code)
     student = build_student(teacher, model_args, training_args)
-    student.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    if is_main_process():
+        student.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
     logger.info("student with layer map %s saved to %s", student.config.student_layer_map, output_dir)
     return output_dir
 
@@ -286,12 +419,60 @@ def make_student(model_args: ModelArguments, training_args, output_dir: str) -> 
 def distill(model_args, data_args, training_args) -> TrainedModel:
     """Distill the teacher into a student built from the layer flags (or given with --student)."""
     check_resume(training_args)
+    if training_args.teacher_cache:
+        return distill_from_cache(model_args, data_args, training_args)
     model_type, task, raw, config = load_data(model_args, data_args)
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
+    check_student_plan(model_args, training_args, config, task)
     teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
     student = build_student(teacher, model_args, training_args)
     return train_model("distilled", student, teacher, data, tokenizer, training_args, training_args.output_dir)
+
+
+def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
+    """Distill from a teacher cache (``cache_teacher``): the teacher is never loaded, so the student is given."""
+    if not model_args.student:
+        raise InputError(
+            "--teacher_cache trains without loading the teacher, so give the student with --student PATH "
+            "(make_student builds a layer-copied one)"
+        )
+    student_path = resolve_model_path(model_args.student, "--student")
+    config = _student_config(model_args)
+    if config is None:
+        raise InputError(f"--student {model_args.student!r} is not a model folder (no readable config.json)")
+    _, task = resolve_model_type_and_task(model_args, config)
+    raw = load_raw_splits(data_args, task)
+    tokenizer_source = model_args.custom_tokenizer_local_path or student_path
+    tokenizer = load_tokenizer(tokenizer_source, flag="--student", trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(raw, tokenizer, task, data_args, has_trained_labels(config) if task == "classification" else None)
+    splits = ("train", "validation") if training_args.eval_strategy != "no" else ("train",)
+    cache = load_teacher_cache(training_args.teacher_cache, data, tokenizer, temperature=training_args.temperature, splits=splits)
+    student = load_model(student_path, task, flag="--student", trust_remote_code=model_args.trust_remote_code)
+    return train_model("distilled", student, None, data, tokenizer, training_args, training_args.output_dir, teacher_cache=cache)
+
+
+def cache_teacher(model_args, data_args, training_args, cache_args: CacheArguments) -> str:
+    """Run the teacher once over the data and store its top-k log-probabilities for ``distill --teacher_cache``."""
+    path = training_args.teacher_cache
+    if not path:
+        raise InputError("cache_teacher writes the cache to --teacher_cache PATH; give that path")
+    _, task, raw, config = load_data(model_args, data_args)
+    if config is None:
+        raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
+    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
+    device = torch.device("cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu")
+    teacher.to(device)
+    return build_teacher_cache(
+        teacher,
+        tokenizer,
+        data,
+        path,
+        top_k=cache_args.cache_top_k,
+        temperature=training_args.temperature,
+        splits=tuple(cache_args.cache_splits),
+        batch_size=training_args.per_device_eval_batch_size,
+    )
 
 
 # ---- pseudo-labels ---------------------------------------------------------------------------------------------
@@ -301,6 +482,8 @@ def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
     """The teacher's outputs replace the targets of the chosen splits; the result is a dataset ``distill`` reads."""
     if not pl_args.pseudo_label_output:
         raise InputError("pseudo_label needs --pseudo_label_output: the folder to save the relabelled dataset to")
+    if not is_main_process():  # under torchrun the main process labels and writes; the others have nothing to do
+        return pl_args.pseudo_label_output
     model_type, task, raw, config = load_data(model_args, data_args)
     if config is None:
         raise InputError("pseudo_label needs a teacher: pass --teacher or --teacher_local_path")
@@ -367,8 +550,10 @@ def run_pipeline(model_args, data_args, training_args, pipeline_args, benchmark_
     model_type, task, raw, config = load_data(model_args, data_args)
     if config is None:
         teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args)
+        check_student_plan(model_args, training_args, teacher.config, task)
         teacher_run = _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args, os.path.join(root, "teacher"))
     else:
+        check_student_plan(model_args, training_args, config, task)
         teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
         if pipeline_args.finetune_teacher:
             teacher_run = _train_teacher_model(
@@ -386,6 +571,8 @@ def run_pipeline(model_args, data_args, training_args, pipeline_args, benchmark_
     runs.append(train_model("distilled", student, teacher, data, tokenizer, training_args, os.path.join(root, "distilled")))
     models = {run.name: run.path for run in runs}
     training_logs = {run.name: os.path.join(run.path, TRAINING_METRICS_FILE) for run in runs}
+    if not is_main_process():  # whole models are measured once, by the main process; the others are done
+        return {"verdict": f"process {training_args.process_index}: the benchmark runs on the main process", "skipped": True}
     results = run_benchmark(
         models,
         data,

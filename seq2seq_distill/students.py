@@ -39,6 +39,11 @@ def create_student(
     """
     if isinstance(teacher, str):
         teacher = load_model(teacher)
+    if any(hasattr(parameter, "ds_id") for parameter in teacher.parameters()):
+        raise InputError(
+            "the teacher is partitioned by DeepSpeed ZeRO-3, so its layers cannot be copied here: build the student "
+            "first in one process (seq2seq-distill make_student) and pass it with --student"
+        )
     family = family_of(teacher.config)
     requested = {
         "num_encoder_layers": num_encoder_layers,

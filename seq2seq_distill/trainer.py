@@ -23,28 +23,54 @@ from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 
 from .arguments import DistillationSettings
-from .errors import InputError
+from .chunked_kd import chunked_row_losses, fused_ce_forward_kl, kd_chunk_function, select_rows, uses_liger
+from .errors import InputError, NonFiniteLossError
 from .families import Stack, family_of, num_layers
 from .layer_maps import check_layer_map, spread_layers
 from .losses import (
+    DIVERGENCES,
     attention_transfer_loss,
     cross_entropy_sum,
+    forward_kl,
     hidden_state_loss,
-    logit_distillation_loss,
     norm_statistics_loss,
+    topk_distillation_loss,
 )
 from .modeling import freeze_teacher, load_model, output_rows, resolve_teacher_dtype, shared_output_size, task_of_model
+from .placement import shard_teacher
+from .policy import (
+    Samples,
+    completions_from,
+    diversity_penalty,
+    entropy_penalty,
+    future_returns,
+    normalize,
+    policy_gradient_loss,
+    prompts_of,
+    response_logits,
+    sample_continuations,
+    token_frequency_penalty,
+)
 
 logger = logging.getLogger(__name__)
 
 PROJECTIONS_ATTR = "distillation_projections"
+# Batch fields of a cached teacher (see teacher_cache.py): [N, k] top-k log-probabilities and token ids, one row per
+# supervised position, in the order of the positions' flat index.
+CACHE_LOG_PROBS = "teacher_topk_log_probs"
+CACHE_INDICES = "teacher_topk_indices"
 TERM_WEIGHTS = {
     "ce_loss": "ce_weight",
     "kd_loss": "kd_weight",
     "hidden_loss": "hidden_weight",
     "attention_loss": "attention_weight",
     "norm_loss": "norm_weight",
+    "pg_loss": "policy_gradient_weight",
+    "token_frequency_penalty": "token_frequency_penalty",
+    "diversity_penalty": "diversity_penalty",
+    "entropy_penalty": "entropy_penalty",
 }
+_NOT_MODEL_INPUTS = ("labels", CACHE_LOG_PROBS, CACHE_INDICES)
 _FEATURE_OUTPUT_KEYS = (
     "hidden_states",
     "attentions",
@@ -65,6 +91,8 @@ class TermPlan:
     hidden: bool
     attention: bool
     norm: bool
+    policy_gradient: bool = False
+    on_policy: bool = False
 
     @classmethod
     def from_settings(cls, settings: DistillationSettings) -> TermPlan:
@@ -74,11 +102,13 @@ class TermPlan:
             hidden=settings.hidden_weight > 0,
             attention=settings.attention_weight > 0,
             norm=settings.norm_weight > 0,
+            policy_gradient=settings.policy_gradient_weight > 0,
+            on_policy=settings.on_policy_fraction > 0,
         )
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kd or self.hidden or self.attention or self.norm
+        return self.kd or self.hidden or self.attention or self.norm or self.policy_gradient
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -119,13 +149,17 @@ class DistillationMixin:
     # Every term is divided by step-wide counts, so the Trainer must not divide by the accumulation steps again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher_model: PreTrainedModel | str | None = None, **kwargs):
+    def __init__(self, *args, teacher_model: PreTrainedModel | str | None = None, teacher_cache=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.distillation = DistillationSettings.from_arguments(self.args)
         self.plan = TermPlan.from_settings(self.distillation)
         student = self.accelerator.unwrap_model(self.model)
         self.task = task_of_model(student)
+        self.teacher_cache = teacher_cache
+        if teacher_cache is not None:
+            self._check_cache(teacher_cache, teacher_model)
         self.teacher = self._setup_teacher(teacher_model)
+        self._check_sampling_methods()
         self.output_size = self._check_outputs(student)
         self.stack_pairs = self._pair_layers(student)
         self._attach_projections(student)
@@ -141,9 +175,41 @@ class DistillationMixin:
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
+    def _check_cache(self, teacher_cache, teacher_model) -> None:
+        """A cached teacher replaces the live one for the KD term only; it has no hidden states or attentions."""
+        if teacher_model is not None:
+            raise InputError("pass either teacher_model or teacher_cache, not both")
+        if self.plan.needs_layer_pairs:
+            raise InputError(
+                "a teacher cache holds logits only: set hidden_weight, attention_weight and norm_weight to 0, or distill "
+                "with the live teacher"
+            )
+        if teacher_cache.temperature != self.distillation.temperature:
+            raise InputError(
+                f"the teacher cache is at temperature {teacher_cache.temperature}, the run at {self.distillation.temperature}"
+            )
+
+    def _check_sampling_methods(self) -> None:
+        if not (self.plan.policy_gradient or self.plan.on_policy):
+            return
+        if self.task != "causal_lm":
+            raise InputError(
+                f"policy-gradient and on-policy distillation sample continuations of causal LMs; this is a {self.task} "
+                "run: set policy_gradient_weight and on_policy_fraction to 0"
+            )
+        if self.teacher is None:
+            raise InputError("policy-gradient and on-policy distillation score fresh samples, so they need the live teacher")
+        if self.plan.on_policy and not self.plan.kd:
+            raise InputError("on_policy_fraction > 0 replaces completions for the KD term; set kd_weight > 0")
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.teacher_cache is not None:  # keep the cached rows through remove_unused_columns
+            self._signature_columns = list(dict.fromkeys([*self._signature_columns, CACHE_LOG_PROBS, CACHE_INDICES]))
+
     def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
         if teacher_model is None:
-            if self.plan.needs_teacher:
+            if self.plan.needs_teacher and self.teacher_cache is None:
                 raise InputError(
                     "teacher_model is required when kd_weight, hidden_weight, attention_weight or norm_weight > 0; "
                     "pass teacher_model= or set those weights to 0"
@@ -158,10 +224,19 @@ class DistillationMixin:
                 "the same kind of head"
             )
         dtype = resolve_teacher_dtype(self.distillation.teacher_dtype, self.args.device, self.args.bf16, self.args.fp16)
-        return freeze_teacher(teacher_model, self.args.device, dtype)
+        return self._shard_teacher(freeze_teacher(teacher_model, self.args.device, dtype))
+
+    def _shard_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
+        """The frozen teacher, sharded for inference under DeepSpeed ZeRO-3 or FSDP2 (see ``placement.py``)."""
+        return shard_teacher(self, teacher)
 
     def _check_outputs(self, student: PreTrainedModel) -> int | None:
         """The number of output rows both models share (the logits the KD term compares)."""
+        if self.teacher_cache is not None:
+            rows = output_rows(student)
+            if self.teacher_cache.info["vocab_size"] > rows and self.task == "classification":
+                raise InputError(f"the teacher cache has {self.teacher_cache.info['vocab_size']} labels, the student {rows}")
+            return rows
         if self.teacher is None:
             return None
         tokenizer = self.processing_class
@@ -229,6 +304,8 @@ class DistillationMixin:
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
+        if self.plan.on_policy:  # before counting, so the step-wide counts describe what is trained on
+            batch_samples = self._on_policy_batches(batch_samples)
         target = sum(self._positions(batch)[0].sum() for batch in batch_samples).to(device)
         source = sum(self._positions(batch)[1].sum() for batch in batch_samples).to(device)
         if self._counts_are_global():
@@ -262,7 +339,7 @@ class DistillationMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = self.accelerator.unwrap_model(model)
         labels = inputs.get("labels")
-        model_inputs = {name: value for name, value in inputs.items() if name != "labels"}
+        model_inputs = {name: value for name, value in inputs.items() if name not in _NOT_MODEL_INPUTS}
         if self.task == "seq2seq" and "decoder_input_ids" not in model_inputs:
             # Built here rather than by the model so the student skips its own (unused) vocabulary-wide loss.
             model_inputs["decoder_input_ids"] = student.prepare_decoder_input_ids_from_labels(labels=labels)
@@ -276,19 +353,19 @@ class DistillationMixin:
 
         student_outputs = model(**model_inputs, **extra_outputs)
         teacher_outputs = None
-        if self.plan.needs_teacher:
+        if self.plan.needs_teacher and self.teacher is not None:
             teacher_inputs = {k: v for k, v in model_inputs.items() if k in self._teacher_input_names}
             with torch.no_grad():
                 teacher_outputs = self.teacher(**teacher_inputs, **extra_outputs)
 
         positions = self._step_positions(inputs, num_items_in_batch, training=model.training)
-        terms = self.distillation_terms(student, student_outputs, teacher_outputs, labels, positions)
-        loss = sum(getattr(self.distillation, TERM_WEIGHTS[name]) * value for name, value in terms.items())
-        if model.training and self._counts_are_global():
-            # Counts cover all processes and DDP averages gradients over them: undo that average.
-            scale = self.accelerator.num_processes
-            loss = loss * scale
-            terms = {name: value * scale for name, value in terms.items()}
+        loss, terms = self.distillation_terms(student, student_outputs, teacher_outputs, inputs, positions)
+        if self.plan.policy_gradient and model.training:
+            policy_loss, policy_terms = self._policy_gradient_terms(model, student, inputs)
+            loss = loss + policy_loss
+            terms.update(policy_terms)
+        if model.training:
+            loss = self._guard_finite(model, loss, terms)
         self._record_terms(terms, "train" if model.training else "eval")
         if not return_outputs:
             return loss
@@ -296,13 +373,48 @@ class DistillationMixin:
         kept = {key: value for key, value in student_outputs.items() if key not in _FEATURE_OUTPUT_KEYS}
         return loss, type(student_outputs)(**kept)
 
+    def _guard_finite(self, model, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stop (or skip the batch) at the step where a term turns NaN or infinite, before it reaches the weights.
+
+        One flag per micro-batch, reduced over processes so that every process stops at the same step. The weights
+        are still those from before this step here, so the checkpoint saved on the way out is a clean one.
+        """
+        finite = torch.isfinite(torch.stack([loss.detach().float(), *[value.float() for value in terms.values()]])).all()
+        bad = (~finite).float().reshape(1)
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if not bool(bad.item()):
+            return loss
+        step = self.state.global_step + 1
+        names = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
+        described = ", ".join(f"{name} = {float(terms[name]) if name in terms else float(loss)}" for name in names)
+        if self.distillation.skip_nonfinite_batches:
+            logger.warning("step %d: %s; batch skipped (--skip_nonfinite_batches)", step, described)
+            self._record_terms({"skipped_batches": torch.ones((), device=loss.device)}, "train")
+            for name in names:
+                terms.pop(name, None)
+            # Zero times every trainable parameter: a zero gradient through the same graph on every process.
+            return sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
+        self._save_checkpoint(model, trial=None)
+        checkpoint = f"{self.args.output_dir}/checkpoint-{self.state.global_step}"
+        raise NonFiniteLossError(
+            f"{described} at step {step} (in this or another process); stopped before it changed the weights, "
+            f"{checkpoint} holds the state from before it. Lower the learning rate or check the data, then resume "
+            "with --resume_from_checkpoint latest, or pass --skip_nonfinite_batches to skip such batches"
+        )
+
     def _step_positions(self, inputs: dict, num_items_in_batch, training: bool) -> StepPositions:
         target_mask, source_mask = self._positions(inputs)
         if training and num_items_in_batch is not None and self._step_source_tokens is not None:
             target_count, source_count = num_items_in_batch, self._step_source_tokens
+            if self._counts_are_global():
+                # Counts cover every process and DDP averages the gradients over them: dividing the counts by the
+                # process count undoes that average in every term at once.
+                target_count = target_count / self.accelerator.num_processes
+                source_count = source_count / self.accelerator.num_processes
         else:  # evaluation, or a direct call: normalize within the batch
             target_count, source_count = target_mask.sum(), source_mask.sum()
-        as_count = lambda count: torch.as_tensor(count, device=source_mask.device, dtype=torch.float32).clamp_min(1)
+        as_count = lambda count: torch.as_tensor(count, device=source_mask.device, dtype=torch.float32).clamp_min(1e-6)
         return StepPositions(target_mask, source_mask, as_count(target_count), as_count(source_count))
 
     def distillation_terms(
@@ -310,42 +422,120 @@ class DistillationMixin:
         student: PreTrainedModel,
         student_outputs,
         teacher_outputs,
-        labels: torch.Tensor | None,
+        inputs: dict,
         positions: StepPositions,
-    ) -> dict[str, torch.Tensor]:
-        """Every active term, each already divided by its step-wide count."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted loss and every active term (each divided by its step-wide count, detached for logging)."""
+        settings = self.distillation
+        loss, terms = self._logit_terms(student_outputs, teacher_outputs, inputs, positions)
+        if self.plan.needs_layer_pairs:
+            features = self._feature_terms(student, student_outputs, teacher_outputs, positions)
+            for name, value in features.items():
+                loss = loss + getattr(settings, TERM_WEIGHTS[name]) * value
+                terms[name] = value.detach()
+        return loss, terms
+
+    def _logit_terms(self, student_outputs, teacher_outputs, inputs: dict, positions: StepPositions):
+        """CE and KD in one chunked pass over the supervised rows of the flat logits (see ``chunked_row_losses``).
+
+        Rows are selected by index, so no ``[N, V]`` copy of either model's logits is made; each chunk computes
+        its loss and gradient at once, with the weights and the step-wide normalization folded in.
+        """
         settings, plan = self.distillation, self.plan
-        terms: dict[str, torch.Tensor] = {}
-        student_logits = student_outputs.logits
+        labels = inputs.get("labels")
+        names = [name for name, on in (("ce_loss", plan.ce), ("kd_loss", plan.kd)) if on]
+        if not names:
+            return positions.target_count.new_zeros(()), {}
+        if plan.ce and labels is None:
+            raise InputError("ce_weight > 0 needs a 'labels' column; set ce_weight=0 to distill without labels")
+        target_mask = positions.target_mask
         if self.task == "causal_lm":
-            student_logits, labels = student_logits[:, :-1], (labels[:, 1:] if labels is not None else None)
-        # Mask first, softmax second: only supervised rows ever reach a log-softmax.
-        student_rows = student_logits[positions.target_mask]
-        if plan.ce:
-            if labels is None:
-                raise InputError("ce_weight > 0 needs a 'labels' column; set ce_weight=0 to distill without labels")
-            terms["ce_loss"] = (
-                cross_entropy_sum(student_rows, labels[positions.target_mask], self.args.label_smoothing_factor)
-                / positions.target_count
-            )
-        if plan.kd:
-            teacher_logits = teacher_outputs.logits
-            if self.task == "causal_lm":
-                teacher_logits = teacher_logits[:, :-1]
-            shared = self.output_size
-            terms["kd_loss"] = (
-                logit_distillation_loss(
-                    student_rows[..., :shared],
-                    teacher_logits[positions.target_mask][..., :shared],
-                    divergence=settings.divergence,
-                    temperature=settings.temperature,
-                    beta=settings.divergence_beta,
+            # Position t predicts token t + 1: shifted labels, and rows t < T - 1 of the unshifted logits.
+            labels = labels[:, 1:] if labels is not None else None
+            row_mask = torch.nn.functional.pad(target_mask, (0, 1), value=False)
+        else:
+            row_mask = target_mask
+        rows = row_mask.reshape(-1).nonzero().squeeze(-1)
+        rows_on_cpu = rows.cpu()
+        student_flat = student_outputs.logits.reshape(-1, student_outputs.logits.shape[-1])
+        row_labels = labels[target_mask] if labels is not None else None
+        scale = 1.0 / positions.target_count
+        cached = inputs.get(CACHE_LOG_PROBS)
+        if plan.kd and cached is None:
+            if teacher_outputs is None:
+                raise InputError(
+                    "this batch has no cached teacher rows; attach the teacher cache to every dataset the trainer sees"
                 )
-                / positions.target_count
+            teacher_flat = teacher_outputs.logits.reshape(-1, teacher_outputs.logits.shape[-1])
+            kd_sum = kd_chunk_function(settings.divergence, settings.temperature, settings.divergence_beta, rows.device)
+        shared = self.output_size
+        if self._closed_form_logit_terms(rows.device):
+            # CE and forward KL know their gradients: no autograd graph per chunk (see fused_ce_forward_kl). The
+            # normalization is folded into the weights so the chunk's gradient comes out already scaled.
+            step_scale = float(scale)
+            ce_weight = settings.ce_weight * step_scale if plan.ce else 0.0
+            kd_weight = settings.kd_weight * step_scale if plan.kd else 0.0
+
+            def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
+                teacher_chunk = teacher_top = None
+                if plan.kd and cached is None:
+                    teacher_chunk = select_rows(teacher_flat, rows, rows_on_cpu, start, end)[:, :shared]
+                elif plan.kd:
+                    teacher_top = (cached[start:end], inputs[CACHE_INDICES][start:end])
+                total, parts, grad = fused_ce_forward_kl(
+                    student_chunk,
+                    row_labels[start:end] if row_labels is not None else None,
+                    ce_weight=ce_weight,
+                    kd_weight=kd_weight,
+                    temperature=settings.temperature,
+                    label_smoothing=self.args.label_smoothing_factor,
+                    shared=shared,
+                    teacher_chunk=teacher_chunk,
+                    teacher_top=teacher_top,
+                )
+                return total, parts * step_scale, grad
+
+            loss, sums = chunked_row_losses(
+                student_flat, chunk_loss, rows=rows, num_terms=len(names), chunk_elements=settings.kd_chunk_elements
             )
-        if plan.needs_layer_pairs:
-            terms.update(self._feature_terms(student, student_outputs, teacher_outputs, positions))
-        return terms
+            return loss, dict(zip(names, sums.unbind(), strict=True))
+
+        def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
+            parts, loss = [], 0.0
+            if plan.ce:
+                ce = cross_entropy_sum(student_chunk, row_labels[start:end], self.args.label_smoothing_factor)
+                parts.append(ce)
+                loss = loss + settings.ce_weight * ce
+            if plan.kd:
+                if cached is None:
+                    teacher_chunk = select_rows(teacher_flat, rows, rows_on_cpu, start, end)[:, :shared]
+                    kd = kd_sum(student_chunk[:, :shared], teacher_chunk)
+                else:
+                    kd = topk_distillation_loss(
+                        student_chunk[:, :shared],
+                        cached[start:end],
+                        inputs[CACHE_INDICES][start:end],
+                        divergence=settings.divergence,
+                        temperature=settings.temperature,
+                        beta=settings.divergence_beta,
+                    )
+                parts.append(kd)
+                loss = loss + settings.kd_weight * kd
+            return loss * scale, torch.stack(parts).detach() * scale
+
+        loss, sums = chunked_row_losses(
+            student_flat, chunk_loss, rows=rows, num_terms=len(names), chunk_elements=settings.kd_chunk_elements
+        )
+        return loss, dict(zip(names, sums.unbind(), strict=True))
+
+    def _closed_form_logit_terms(self, device: torch.device) -> bool:
+        """CE alone, or CE with forward KL (not Liger's GPU kernel), have a closed-form gradient path."""
+        settings = self.distillation
+        if not self.plan.kd:
+            return True
+        if DIVERGENCES.get(settings.divergence) is not forward_kl:
+            return False
+        return not uses_liger(settings.divergence, settings.temperature, settings.divergence_beta, device)
 
     def _feature_terms(self, student, student_outputs, teacher_outputs, positions: StepPositions) -> dict:
         """Hidden-state, attention and norm terms: mean over mapped layer pairs of per-position sums / counts."""
@@ -385,6 +575,113 @@ class DistillationMixin:
             if values:
                 terms[name] = torch.stack(values).mean()
         return terms
+
+    # ---- policy-gradient and on-policy distillation (causal LMs) ------------------------------------------------
+
+    def _sampling_generator(self, salt: int, device) -> torch.Generator:
+        """Randomness tied to the seed, the step and the micro-batch: a resumed run samples what it would have."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed((self.args.seed * 1_000_003 + self.state.global_step * 1_009 + salt) % 2**62)
+        return generator
+
+    def _special_ids(self, student) -> tuple[int, int | None]:
+        tokenizer = self.processing_class
+        eos = getattr(tokenizer, "eos_token_id", None) or student.generation_config.eos_token_id
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else (student.config.pad_token_id if student.config.pad_token_id is not None else eos)
+        return pad, eos
+
+    @torch.no_grad()
+    def _on_policy_batches(self, batch_samples: list[dict]) -> list[dict]:
+        """GKD: with probability on_policy_fraction a micro-batch's completions become the student's own samples."""
+        settings = self.distillation
+        student = self.accelerator.unwrap_model(self.model)
+        pad, eos = self._special_ids(student)
+        draws = torch.rand(len(batch_samples), generator=self._sampling_generator(0, "cpu"))
+        replaced = []
+        for index, (batch, draw) in enumerate(zip(batch_samples, draws.tolist(), strict=True)):
+            if draw < settings.on_policy_fraction:
+                prompt_ids, prompt_mask = prompts_of(batch["input_ids"], batch["labels"], pad)
+                samples = self._sample(
+                    student,
+                    None,
+                    prompt_ids,
+                    prompt_mask,
+                    settings.on_policy_max_new_tokens,
+                    settings.on_policy_temperature,
+                    0.0,
+                    index + 1,
+                )
+                input_ids, attention_mask, labels = completions_from(samples, pad)
+                batch = {**batch, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+                self._record_terms({"on_policy_batches": torch.ones((), device=input_ids.device)}, "train")
+            replaced.append(batch)
+        return replaced
+
+    def _sample(self, student, teacher, prompt_ids, prompt_mask, max_new_tokens, temperature, teacher_mix, salt) -> Samples:
+        pad, eos = self._special_ids(student)
+        was_training = student.training
+        student.eval()  # sample from the policy itself, without dropout
+        try:
+            return sample_continuations(
+                student,
+                teacher,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                teacher_mix=teacher_mix,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                generator=self._sampling_generator(salt, prompt_ids.device),
+            )
+        finally:
+            student.train(was_training)
+
+    def _policy_gradient_terms(self, model, student, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sample continuations, reward them with the teacher, and return the policy-gradient loss and penalties.
+
+        Sums are divided by the sampled tokens (sequences, for per-sequence penalties) of this micro-batch times
+        the accumulation steps, so the step's terms are means over its micro-batches.
+        """
+        settings = self.distillation
+        pad, _ = self._special_ids(student)
+        prompt_ids, prompt_mask = prompts_of(inputs["input_ids"], inputs["labels"], pad)
+        self._pg_calls = getattr(self, "_pg_calls", 0) + 1
+        samples = self._sample(
+            student,
+            self.teacher,
+            prompt_ids,
+            prompt_mask,
+            settings.pg_max_new_tokens,
+            settings.pg_sample_temperature,
+            settings.pg_teacher_mix,
+            10_000 + self._pg_calls,
+        )
+        log_probs = torch.log_softmax(response_logits(model, samples).float(), -1)
+        mask = samples.response_mask
+        tokens = samples.sequences[:, samples.prompt_width :]
+        token_log_probs = log_probs.gather(-1, tokens[..., None]).squeeze(-1)
+        advantages = normalize(future_returns(samples.teacher_log_probs, mask, settings.pg_discount), mask)
+        importance = (token_log_probs.detach() - samples.sampling_log_probs).exp().clamp(max=settings.pg_importance_clip)
+        accumulation = self.args.gradient_accumulation_steps
+        token_count = mask.sum().clamp_min(1) * accumulation
+        sequence_count = max(int((mask.sum(1) > 0).sum()), 1) * accumulation
+        probs = log_probs.exp()
+        teacher_rows = samples.teacher_step_log_probs[..., : probs.shape[-1]]
+        student_rows = probs[..., : teacher_rows.shape[-1]]
+        pg = policy_gradient_loss(token_log_probs, student_rows, teacher_rows, advantages, importance, mask)
+        terms = {"pg_loss": pg / token_count}
+        if settings.token_frequency_penalty:
+            terms["token_frequency_penalty"] = token_frequency_penalty(probs, mask) / sequence_count
+        if settings.diversity_penalty:
+            embeddings = student.get_input_embeddings().weight
+            terms["diversity_penalty"] = diversity_penalty(probs, mask, embeddings) / sequence_count
+        if settings.entropy_penalty:
+            terms["entropy_penalty"] = entropy_penalty(probs, mask) / token_count
+        terms["teacher_log_likelihood"] = (samples.teacher_log_probs * mask).sum() / mask.sum().clamp_min(1)
+        loss = sum(getattr(settings, TERM_WEIGHTS[name]) * value for name, value in terms.items() if name in TERM_WEIGHTS)
+        return loss, {name: value.detach() for name, value in terms.items()}
 
     # ---- logging -----------------------------------------------------------------------------------------------
 

@@ -55,3 +55,77 @@ class GradientRecorder(TrainerCallback):
 
 def parameters_copy(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+# Small, fast, deterministic training runs: one step unless a test says otherwise.
+TRAINING_DEFAULTS = dict(
+    per_device_train_batch_size=8,
+    max_steps=1,
+    learning_rate=1e-3,
+    logging_steps=1,
+    report_to=[],
+    save_strategy="no",
+    use_cpu=True,
+    seed=0,
+    lr_scheduler_type="constant",
+)
+
+
+def distillation_trainer(
+    task: str, tokenizer, student, teacher, output_dir, train_dataset, *, eval_dataset=None, teacher_cache=None, **settings
+):
+    """The trainer and arguments of ``task`` with TRAINING_DEFAULTS, the usual collator and an optional teacher cache."""
+    from seq2seq_distill import (
+        DistillationTrainer,
+        DistillationTrainingArguments,
+        Seq2SeqDistillationTrainer,
+        Seq2SeqDistillationTrainingArguments,
+    )
+
+    seq2seq = task == "seq2seq"
+    arguments = (Seq2SeqDistillationTrainingArguments if seq2seq else DistillationTrainingArguments)(
+        output_dir=str(output_dir), **{**TRAINING_DEFAULTS, **settings}
+    )
+    collator = collator_for(task, tokenizer, student)
+    if teacher_cache is not None:
+        train_dataset = teacher_cache.attach("train", train_dataset)
+        collator = teacher_cache.collator(collator)
+    return (Seq2SeqDistillationTrainer if seq2seq else DistillationTrainer)(
+        model=student,
+        teacher_model=teacher,
+        teacher_cache=teacher_cache,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+
+
+# A teacher trained from scratch by the CLI in seconds: tiny model, tiny data, no checkpoints or evaluation.
+TINY_RUN_FLAGS = [
+    "--scratch_hidden_size",
+    "32",
+    "--scratch_num_layers",
+    "2",
+    "--scratch_vocab_size",
+    "400",
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--train_size",
+    "24",
+    "--val_size",
+    "4",
+    "--test_size",
+    "6",
+    "--max_source_length",
+    "32",
+    "--max_target_length",
+    "8",
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "1",
+]

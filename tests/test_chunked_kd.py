@@ -172,3 +172,80 @@ def test_bad_inputs_fail_with_a_clear_message():
         chunked_logit_distillation_loss(student[None], teacher[None])
     with pytest.raises(ValueError, match="unknown divergence"):
         chunked_logit_distillation_loss(student[:0], teacher[:0], divergence="nope")
+
+
+# ---- closed-form gradients (CE + forward KL) against autograd on the reference functions -------------------------
+
+
+def reference_terms(student, labels, ce_weight, kd_weight, temperature, smoothing, shared, teacher=None, top=None):
+    from seq2seq_distill.losses import cross_entropy_sum, topk_distillation_loss
+
+    student = student.detach().requires_grad_(True)
+    ce = cross_entropy_sum(student, labels, smoothing)
+    if top is None:
+        kd = logit_distillation_loss(student[:, :shared], teacher, temperature=temperature)
+    else:
+        kd = topk_distillation_loss(student[:, :shared], *top, temperature=temperature)
+    total = ce_weight * ce + kd_weight * kd
+    (grad,) = torch.autograd.grad(total, student)
+    return total, torch.stack([ce, kd]), grad
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("shared", [VOCAB, VOCAB - 3])
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.7, 0.3)])
+def test_closed_form_ce_and_forward_kl_equal_autograd(temperature, smoothing, shared, weights):
+    from seq2seq_distill.chunked_kd import fused_ce_forward_kl
+
+    student, teacher = logits(seed=11)
+    teacher = teacher[:, :shared]
+    labels = torch.randint(0, VOCAB, (student.shape[0],), generator=torch.Generator().manual_seed(3))
+    expected_total, expected_parts, expected_grad = reference_terms(
+        student, labels, *weights, temperature, smoothing, shared, teacher
+    )
+    total, parts, grad = fused_ce_forward_kl(
+        student.detach().requires_grad_(True),
+        labels,
+        ce_weight=weights[0],
+        kd_weight=weights[1],
+        temperature=temperature,
+        label_smoothing=smoothing,
+        shared=shared,
+        teacher_chunk=teacher,
+    )
+    torch.testing.assert_close(total, expected_total.detach(), **TOLERANCE)
+    torch.testing.assert_close(parts, expected_parts.detach(), **TOLERANCE)
+    torch.testing.assert_close(grad, expected_grad, **TOLERANCE)
+
+
+@pytest.mark.parametrize("top_k", [1, 4, VOCAB])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_closed_form_on_a_top_k_cache_equals_autograd(top_k, temperature):
+    from seq2seq_distill.chunked_kd import fused_ce_forward_kl
+
+    student, teacher = logits(seed=12)
+    values, indices = torch.log_softmax(teacher / temperature, -1).topk(top_k, -1)
+    labels = torch.randint(0, VOCAB, (student.shape[0],), generator=torch.Generator().manual_seed(4))
+    expected_total, expected_parts, expected_grad = reference_terms(
+        student, labels, 0.5, 0.5, temperature, 0.0, VOCAB, top=(values, indices)
+    )
+    total, parts, grad = fused_ce_forward_kl(
+        student.detach().requires_grad_(True),
+        labels,
+        ce_weight=0.5,
+        kd_weight=0.5,
+        temperature=temperature,
+        teacher_top=(values, indices),
+    )
+    torch.testing.assert_close(total, expected_total.detach(), **TOLERANCE)
+    torch.testing.assert_close(parts, expected_parts.detach(), **TOLERANCE)
+    torch.testing.assert_close(grad, expected_grad, **TOLERANCE)
+
+
+def test_closed_form_skips_the_gradient_when_none_is_wanted():
+    from seq2seq_distill.chunked_kd import fused_ce_forward_kl
+
+    student, teacher = logits(seed=13)
+    _, _, grad = fused_ce_forward_kl(student.detach(), None, ce_weight=0.0, kd_weight=1.0, temperature=2.0, teacher_chunk=teacher)
+    assert grad is None

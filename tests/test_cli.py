@@ -7,40 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY_RUN_FLAGS
 
 from seq2seq_distill.arguments import BenchmarkArguments, DataArguments, ModelArguments, Seq2SeqDistillationTrainingArguments
-from seq2seq_distill.cli import COMMANDS, EMBEDDED_DEFAULTS, main, parse_command
+from seq2seq_distill.cli import COMMANDS, EMBEDDED_DEFAULTS, embedded_defaults, main, parse_command
 from seq2seq_distill.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TEACHER = [
-    "--scratch_hidden_size",
-    "32",
-    "--scratch_num_layers",
-    "2",
-    "--scratch_vocab_size",
-    "400",
-    "--max_steps",
-    "3",
-    "--save_strategy",
-    "no",
-    "--eval_strategy",
-    "no",
-    "--train_size",
-    "24",
-    "--val_size",
-    "4",
-    "--test_size",
-    "6",
-    "--max_source_length",
-    "32",
-    "--max_target_length",
-    "8",
-    "--learning_rate",
-    "1e-3",
-    "--logging_steps",
-    "1",
-]
+TINY_TEACHER = [*TINY_RUN_FLAGS, "--max_steps", "3"]
 
 
 def parse(command, *argv):
@@ -129,7 +103,8 @@ def test_embedded_defaults_apply_only_without_a_data_source():
     assert parse("pipeline")[DataArguments].max_source_length == EMBEDDED_DEFAULTS["max_source_length"]
     assert parse("pipeline", "--dataset", "cnn_dailymail")[DataArguments].max_source_length == 512
     config = yaml.safe_load((ROOT / "configs" / "embedded_default.yaml").read_text())
-    assert {key: value for key, value in config.items() if key != "output_dir"} == EMBEDDED_DEFAULTS
+    assert {key: value for key, value in config.items() if key != "output_dir"} == embedded_defaults("t5")
+    assert parse("pipeline", "--model_type", "gpt2")[ModelArguments].num_layers == 2
 
 
 @pytest.mark.parametrize(
@@ -197,7 +172,8 @@ def test_train_teacher_writes_the_promised_layout(scratch_teacher):
 
 
 def test_users_jsonl_and_headerless_csv_go_through_distill_and_benchmark(scratch_teacher, user_data, tmp_path, capsys):
-    common = ["--teacher", str(scratch_teacher), "--num_encoder_layers", "1", "--num_decoder_layers", "1", *TINY_TEACHER[6:]]
+    without_scratch_flags = TINY_TEACHER[6:]  # the first three pairs size a scratch teacher, which distill does not build
+    common = ["--teacher", str(scratch_teacher), "--num_encoder_layers", "1", "--num_decoder_layers", "1", *without_scratch_flags]
     jsonl = [
         "--dataset_local_path",
         str(user_data / "mine.jsonl"),

@@ -9,6 +9,7 @@ from helpers import (
     causal_dataset,
     classification_dataset,
     collator_for,
+    distillation_trainer,
     parameters_copy,
     seq2seq_dataset,
 )
@@ -17,8 +18,6 @@ from transformers import Trainer, TrainingArguments
 
 from seq2seq_distill import (
     DistillationTrainer,
-    DistillationTrainingArguments,
-    Seq2SeqDistillationTrainer,
     Seq2SeqDistillationTrainingArguments,
     create_student,
 )
@@ -38,30 +37,17 @@ ALL_TERMS = dict(ce_weight=0.5, kd_weight=0.5, hidden_weight=1.0, attention_weig
 
 def make_trainer(model_type, tokenizer, student, teacher, tmp_path, dataset=None, **settings):
     task = TASK[model_type]
-    arguments_class = Seq2SeqDistillationTrainingArguments if task == "seq2seq" else DistillationTrainingArguments
-    trainer_class = Seq2SeqDistillationTrainer if task == "seq2seq" else DistillationTrainer
-    defaults = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        max_steps=1,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
+    train = dataset if dataset is not None else DATASET[task](tokenizer, size=8)
+    return distillation_trainer(
+        task,
+        tokenizer,
+        student,
+        teacher,
+        tmp_path,
+        train,
         max_grad_norm=0.0,
-        lr_scheduler_type="constant",
-    )
-    args = arguments_class(**{**defaults, **settings})
-    return trainer_class(
-        model=student,
-        teacher_model=teacher,
-        args=args,
-        processing_class=tokenizer,
-        train_dataset=dataset if dataset is not None else DATASET[task](tokenizer, size=8),
         eval_dataset=DATASET[task](tokenizer, size=8, offset=100),
-        data_collator=collator_for(task, tokenizer, student),
+        **settings,
     )
 
 
@@ -209,7 +195,7 @@ def test_masked_rows_never_reach_the_loss(tiny, tokenizer_for, tmp_path):
         logits = property(lambda self: self["logits"])
 
     def terms(s, t):
-        values = trainer.distillation_terms(student, Outputs(logits=s), Outputs(logits=t), labels, positions)
+        _, values = trainer.distillation_terms(student, Outputs(logits=s), Outputs(logits=t), {"labels": labels}, positions)
         return {name: value.item() for name, value in values.items()}
 
     base = terms(student_logits, teacher_logits)
@@ -313,7 +299,7 @@ def test_bad_setups_fail_before_training(tiny, tokenizer_for, tmp_path):
         Seq2SeqDistillationTrainingArguments(output_dir=str(tmp_path), divergence="kld")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         Seq2SeqDistillationTrainingArguments(output_dir=str(tmp_path), temperature=0)
-    with pytest.raises(ValueError, match="kd_weight must be a number >= 0"):
+    with pytest.raises(ValueError, match="kd_weight must be a finite number >= 0"):
         Seq2SeqDistillationTrainingArguments(output_dir=str(tmp_path), kd_weight=-1)
     with pytest.raises(ValueError, match="teacher_model is required"):
         make_trainer("t5", tokenizer, student, None, tmp_path)

@@ -1,0 +1,232 @@
+"""Policy-gradient and on-policy distillation for causal LMs: sampling, rewards, returns and penalties.
+
+Policy-gradient distillation (in the style of MiniLLM) treats the student as a policy: it samples continuations of
+the prompts, each sampled token is rewarded with the teacher's log-probability of it, rewards become discounted
+returns normalized over the batch, and the student follows ``-w * A * log p_student(token)``. Sampling draws from a
+mixture ``alpha * p_teacher + (1 - alpha) * p_student`` (at a sampling temperature), which keeps early, poor
+students from wandering off; the importance weight ``w = p_student / p_mixture`` (clipped) corrects for it. Three
+optional penalties on the student's distributions at the sampled positions push against degenerate text: token
+frequency (the same tokens over-used across a sequence), diversity (the tokens of a sequence too alike in embedding
+space) and entropy (over-confident predictions).
+
+On-policy distillation (GKD) instead replaces the completions of some batches with the student's own samples and
+applies the usual divergence to the teacher on them. Everything here is a plain function; the trainer calls them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def prompts_of(input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts of a prompt + completion batch (positions before the first label), left-padded for generation."""
+    supervised = labels != -100
+    lengths = torch.where(supervised.any(1), supervised.float().argmax(1), (input_ids != pad_token_id).sum(1))
+    width = max(int(lengths.max()), 1)
+    prompt_ids = input_ids.new_full((input_ids.shape[0], width), pad_token_id)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for row, length in enumerate(lengths.tolist()):
+        if length:
+            prompt_ids[row, width - length :] = input_ids[row, :length]
+            prompt_mask[row, width - length :] = 1
+    return prompt_ids, prompt_mask
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+@dataclass
+class Samples:
+    """Continuations sampled for a batch of prompts."""
+
+    sequences: torch.Tensor  # [B, P + L] left-padded prompt followed by the continuation
+    attention_mask: torch.Tensor  # [B, P + L]
+    response_mask: torch.Tensor  # [B, L] 1 up to and including the first EOS
+    teacher_log_probs: torch.Tensor  # [B, L] log p_teacher(token) at temperature 1: the immediate reward
+    sampling_log_probs: torch.Tensor  # [B, L] log of the probability the token was drawn with
+    prompt_width: int
+    teacher_step_log_probs: torch.Tensor | None = None  # [B, L, V] the teacher's whole next-token distribution
+
+
+@torch.no_grad()
+def sample_continuations(
+    student,
+    teacher,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    teacher_mix: float = 0.0,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Samples:
+    """Sample from ``teacher_mix * p_teacher + (1 - teacher_mix) * p_student``, both at ``temperature``.
+
+    Both models decode incrementally with their key/value caches. ``teacher`` may be None when ``teacher_mix`` is 0
+    and no reward is needed (``teacher_log_probs`` is then zeros).
+    """
+    batch, width = prompt_ids.shape
+    models = [student] + ([teacher] if teacher is not None else [])
+    caches: list = [None] * len(models)
+    tokens, mask = prompt_ids, prompt_mask
+    step_inputs, step_positions = prompt_ids, _positions(prompt_mask)
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    chosen, reward_rows, sampling_rows, alive_rows, teacher_rows = [], [], [], [], []
+    for _ in range(max_new_tokens):
+        logits = []
+        for index, model in enumerate(models):
+            output = model(
+                input_ids=step_inputs,
+                attention_mask=mask,
+                position_ids=step_positions,
+                past_key_values=caches[index],
+                use_cache=True,
+            )
+            caches[index] = output.past_key_values
+            logits.append(output.logits[:, -1].float())
+        student_probs = torch.softmax(logits[0] / temperature, -1)
+        if teacher is not None and teacher_mix > 0:
+            sampling_probs = teacher_mix * torch.softmax(logits[1] / temperature, -1) + (1 - teacher_mix) * student_probs
+        else:
+            sampling_probs = student_probs
+        token = torch.multinomial(sampling_probs, 1, generator=generator).squeeze(-1)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        alive_rows.append(~finished)
+        chosen.append(token)
+        sampling_rows.append(sampling_probs.gather(-1, token[:, None]).squeeze(-1).clamp_min(1e-30).log())
+        if teacher is not None:
+            teacher_rows.append(torch.log_softmax(logits[1], -1))
+            reward_rows.append(teacher_rows[-1].gather(-1, token[:, None]).squeeze(-1))
+        if eos_token_id is not None:
+            finished = finished | (token == eos_token_id)
+        tokens = torch.cat([tokens, token[:, None]], 1)
+        mask = torch.cat([mask, (alive_rows[-1]).long()[:, None]], 1)
+        step_inputs, step_positions = token[:, None], _positions(mask)[:, -1:]
+        if bool(finished.all()):
+            break
+    response_mask = torch.stack(alive_rows, 1).long()
+    zeros = torch.zeros_like(response_mask, dtype=torch.float32)
+    return Samples(
+        sequences=tokens,
+        attention_mask=mask,
+        response_mask=response_mask,
+        teacher_log_probs=torch.stack(reward_rows, 1) if reward_rows else zeros,
+        sampling_log_probs=torch.stack(sampling_rows, 1),
+        prompt_width=width,
+        teacher_step_log_probs=torch.stack(teacher_rows, 1) if teacher_rows else None,
+    )
+
+
+def response_logits(model, samples: Samples) -> torch.Tensor:
+    """``[B, L, V]`` logits of the model at the positions that predicted each sampled token (with gradients)."""
+    logits = model(
+        input_ids=samples.sequences,
+        attention_mask=samples.attention_mask,
+        position_ids=_positions(samples.attention_mask),
+        use_cache=False,
+    ).logits
+    steps = samples.response_mask.shape[1]
+    return logits[:, samples.prompt_width - 1 : samples.prompt_width - 1 + steps]
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+    """``R_t = r_t + discount * R_{t+1}`` along each row, over the masked (real) steps only."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for step in range(rewards.shape[1] - 1, -1, -1):
+        running = (rewards[:, step] + discount * running) * mask[:, step]
+        returns[:, step] = running
+    return returns
+
+
+def normalize(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (the batch's baseline and scale)."""
+    mask = mask.float()
+    count = mask.sum().clamp_min(1)
+    mean = (values * mask).sum() / count
+    variance = ((values - mean).pow(2) * mask).sum() / count
+    return (values - mean) / (variance.sqrt() + eps) * mask
+
+
+def future_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+    """``discount * R_{t+1}``: what the tokens after step t earned, the part a single step cannot see."""
+    returns = discounted_returns(rewards, mask, discount)
+    return torch.nn.functional.pad(returns[:, 1:], (0, 1)) * discount * mask
+
+
+def policy_gradient_loss(
+    student_log_probs: torch.Tensor,
+    student_step_probs: torch.Tensor,
+    teacher_step_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    importance: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Summed over the masked steps: ``-w * (E_{v~p_student}[log p_teacher(v)] + A * log p_student(token))``.
+
+    The first part is the expected immediate reward of each step, computed exactly over the vocabulary (MiniLLM's
+    single-step decomposition, differentiable through ``student_step_probs [B, L, V]``), which removes most of the
+    sampling variance; the second is REINFORCE on the normalized long-term returns ``advantages [B, L]`` of the
+    sampled tokens, whose log-probabilities are ``student_log_probs [B, L]``. ``importance`` corrects for sampling
+    from a mixture with the teacher.
+    """
+    weights = importance.detach() * mask
+    single_step = (student_step_probs * teacher_step_log_probs.detach()).sum(-1)
+    return -(weights * (single_step + advantages.detach() * student_log_probs)).sum()
+
+
+def token_frequency_penalty(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the chance that two of its positions pick the same token, ``sum_v mean_t p(v|t)^2``; summed.
+
+    ``probs`` is ``[B, L, V]``. Near 1 when a sequence keeps predicting the same tokens, near 1/V when it spreads.
+    """
+    weights = mask.float()
+    average = (probs * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+    return (average.pow(2).sum(-1) * (weights.sum(1) > 0)).sum()
+
+
+def diversity_penalty(probs: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the mean cosine similarity between the expected embeddings of its positions; summed.
+
+    ``probs`` ``[B, L, V]``, ``embeddings`` ``[V, D]`` (the student's token embeddings, not trained by this term).
+    A sequence whose tokens all mean the same thing scores near 1.
+    """
+    expected = F.normalize(probs @ embeddings.detach().float(), dim=-1)  # [B, L, D]
+    similarity = expected @ expected.transpose(1, 2)  # [B, L, L]
+    weights = mask.float()
+    pairs = weights[:, :, None] * weights[:, None, :] * (1 - torch.eye(weights.shape[1], device=weights.device))
+    return ((similarity * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)).sum()
+
+
+def entropy_penalty(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed over positions: ``1 - H(p) / log V``, 0 for a uniform prediction, 1 for a certain one."""
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    return ((1 - entropy / math.log(probs.shape[-1])) * mask.float()).sum()
+
+
+def completions_from(samples: Samples, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + sampled continuation per row, right-padded, with labels on the continuation only (for on-policy KD)."""
+    rows, labels = [], []
+    prompt_part = samples.attention_mask[:, : samples.prompt_width].bool()
+    for row in range(samples.sequences.shape[0]):
+        prompt = samples.sequences[row, : samples.prompt_width][prompt_part[row]]
+        response = samples.sequences[row, samples.prompt_width :][samples.response_mask[row].bool()]
+        rows.append(torch.cat([prompt, response]))
+        labels.append(torch.cat([torch.full_like(prompt, -100), response]))
+    width = max(len(row) for row in rows)
+    input_ids = samples.sequences.new_full((len(rows), width), pad_token_id)
+    label_ids = samples.sequences.new_full((len(rows), width), -100)
+    attention_mask = torch.zeros_like(input_ids)
+    for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        input_ids[index, : len(row)] = row
+        label_ids[index, : len(row)] = label
+        attention_mask[index, : len(row)] = 1
+    return input_ids, attention_mask, label_ids

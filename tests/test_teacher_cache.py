@@ -1,0 +1,160 @@
+"""Offline distillation from a teacher cache: same loss as online when k covers the vocabulary; stale caches refused."""
+
+import copy
+import json
+
+import pytest
+import torch
+from helpers import TINY_RUN_FLAGS, distillation_trainer, parameters_copy
+
+from seq2seq_distill import create_student
+from seq2seq_distill.arguments import DataArguments
+from seq2seq_distill.cli import main
+from seq2seq_distill.data import load_raw_splits, prepare_data
+from seq2seq_distill.errors import InputError
+from seq2seq_distill.losses import DIVERGENCES, logit_distillation_loss, topk_distillation_loss
+from seq2seq_distill.teacher_cache import INFO_FILE, build_teacher_cache, load_teacher_cache
+
+DATA = DataArguments(train_size=16, val_size=4, test_size=4, max_source_length=24, max_target_length=8)
+
+
+@pytest.mark.parametrize("divergence", sorted(DIVERGENCES))
+def test_topk_loss_with_the_whole_vocabulary_equals_the_full_loss(divergence):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 11, requires_grad=True), torch.randn(6, 11)
+    values, indices = torch.log_softmax(teacher / 2.0, -1).topk(11, -1)
+    cached = topk_distillation_loss(student, values, indices, divergence=divergence, temperature=2.0, beta=0.3)
+    full = logit_distillation_loss(student, teacher, divergence=divergence, temperature=2.0, beta=0.3)
+    assert cached.item() == pytest.approx(full.item(), rel=1e-5, abs=1e-6)
+    (cached_grad,) = torch.autograd.grad(cached, student)
+    (full_grad,) = torch.autograd.grad(full, student)
+    torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_topk_loss_counts_the_mass_outside_the_support():
+    teacher = torch.tensor([[4.0, 3.0, 0.0, 0.0, 0.0, 0.0]])
+    values, indices = torch.log_softmax(teacher, -1).topk(2, -1)
+    on_support = torch.tensor([[4.0, 3.0, 0.0, 0.0, 0.0, 0.0]])
+    off_support = torch.tensor([[4.0, 3.0, 0.0, 0.0, 0.0, 6.0]])  # same ratio inside the support, mass moved to the tail
+    loss_on = topk_distillation_loss(on_support, values, indices)
+    loss_off = topk_distillation_loss(off_support, values, indices)
+    assert loss_on.item() == pytest.approx(0.0, abs=1e-6) and loss_off.item() > 0.5
+
+
+@pytest.fixture
+def setup(tiny, tokenizer_for, tmp_path):
+    tokenizer = tokenizer_for("t5")
+    data = prepare_data(load_raw_splits(DATA, "seq2seq"), tokenizer, "seq2seq", DATA)
+    teacher = tiny("t5", layers=4, hidden=32)
+    student = create_student(teacher, num_encoder_layers=2, num_decoder_layers=2)
+    return tokenizer, data, teacher, student
+
+
+def train(student, teacher, data, tokenizer, output_dir, cache=None, divergence="forward_kl"):
+    trainer = distillation_trainer(
+        "seq2seq",
+        tokenizer,
+        student,
+        None if cache else teacher,
+        output_dir,
+        data.tokenized["train"],
+        teacher_cache=cache,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        divergence=divergence,
+        temperature=2.0,
+    )
+    trainer.train()
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "js"])
+def test_cached_run_equals_online_run_when_k_covers_the_vocabulary(setup, tmp_path, divergence):
+    tokenizer, data, teacher, student = setup
+    path = build_teacher_cache(
+        teacher, tokenizer, data, str(tmp_path / "cache"), top_k=len(tokenizer), temperature=2.0, batch_size=5
+    )
+    cache = load_teacher_cache(path, data, tokenizer, temperature=2.0, teacher=teacher)
+    online_student, cached_student = copy.deepcopy(student), copy.deepcopy(student)
+    online = train(online_student, teacher, data, tokenizer, tmp_path / "online", divergence=divergence)
+    cached = train(cached_student, teacher, data, tokenizer, tmp_path / "cached", cache=cache, divergence=divergence)
+    for online_step, cached_step in zip(online, cached, strict=True):
+        for name in ("loss", "ce_loss", "kd_loss"):
+            assert cached_step[name] == pytest.approx(online_step[name], rel=1e-5, abs=1e-6), name
+    expected = parameters_copy(online_student)
+    for name, value in parameters_copy(cached_student).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_small_k_cache_trains_and_is_smaller(setup, tmp_path):
+    tokenizer, data, teacher, student = setup
+    path = build_teacher_cache(teacher, tokenizer, data, str(tmp_path / "cache"), top_k=8, temperature=2.0)
+    info = json.loads((tmp_path / "cache" / INFO_FILE).read_text())
+    assert info["top_k"] == 8 and set(info["splits"]) == {"train", "validation"}
+    cache = load_teacher_cache(path, data, tokenizer, temperature=2.0)
+    assert len(cache.splits["train"][0]["teacher_topk_indices"][0]) == 8
+    steps = train(student, teacher, data, tokenizer, tmp_path / "run", cache=cache)
+    assert all(torch.isfinite(torch.tensor(step["kd_loss"])) for step in steps)
+
+
+def test_stale_or_mismatched_caches_are_refused(setup, tmp_path, tokenizer_for, tiny):
+    tokenizer, data, teacher, student = setup
+    path = build_teacher_cache(teacher, tokenizer, data, str(tmp_path / "cache"), top_k=4, temperature=2.0)
+    with pytest.raises(InputError, match="at temperature 2.0 but --temperature is 1.0"):
+        load_teacher_cache(path, data, tokenizer, temperature=1.0)
+    other_data = prepare_data(load_raw_splits(DataArguments(train_size=15), "seq2seq"), tokenizer, "seq2seq", DATA)
+    with pytest.raises(InputError, match="different train data"):
+        load_teacher_cache(path, other_data, tokenizer, temperature=2.0)
+    with pytest.raises(InputError, match="different tokenizer"):
+        load_teacher_cache(path, data, tokenizer_for("bart"), temperature=2.0)
+    with pytest.raises(InputError, match="different teacher"):
+        load_teacher_cache(path, data, tokenizer, temperature=2.0, teacher=tiny("t5", layers=4, hidden=32, seed=5))
+    (tmp_path / "cache" / INFO_FILE).unlink()
+    with pytest.raises(InputError, match="is not a finished teacher cache"):
+        load_teacher_cache(path, data, tokenizer, temperature=2.0)
+
+
+def test_cli_distills_from_a_cache_without_loading_the_teacher(tmp_path, monkeypatch):
+    tiny = [*TINY_RUN_FLAGS, "--max_steps", "2"]
+    assert main(["train_teacher", *tiny, "--output_dir", str(tmp_path / "teacher")]) == 0
+    assert (
+        main(
+            [
+                "make_student",
+                "--teacher",
+                str(tmp_path / "teacher"),
+                "--num_encoder_layers",
+                "1",
+                "--num_decoder_layers",
+                "1",
+                "--output_dir",
+                str(tmp_path / "student"),
+            ]
+        )
+        == 0
+    )
+    assert main(["cache_teacher", "--teacher", str(tmp_path / "teacher"), "--teacher_cache", str(tmp_path / "cache"), *tiny]) == 0
+    import seq2seq_distill.pipeline as pipeline
+
+    loaded = []
+    original = pipeline.load_model
+    monkeypatch.setattr(pipeline, "load_model", lambda path, *a, **k: loaded.append(path) or original(path, *a, **k))
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher_cache",
+                str(tmp_path / "cache"),
+                "--student",
+                str(tmp_path / "student"),
+                *tiny,
+                "--output_dir",
+                str(tmp_path / "distilled"),
+            ]
+        )
+        == 0
+    )
+    assert loaded == [str(tmp_path / "student")]
+    history = json.loads((tmp_path / "distilled" / "training_metrics.json").read_text())["log_history"]
+    assert any("kd_loss" in entry for entry in history)
+    assert main(["distill", "--teacher_cache", str(tmp_path / "cache"), *tiny, "--output_dir", str(tmp_path / "x")]) == 2
