@@ -1,6 +1,7 @@
 """seq2seq_distill: knowledge distillation on top of the HuggingFace Trainer.
 
-The public API: two trainers, their argument dataclasses, ``create_student`` and the loss functions.
+The public API: two trainers, their argument dataclasses, ``create_student``, the loss functions and the teacher
+cache for offline distillation.
 """
 
 from .arguments import DistillationSettings, DistillationTrainingArguments, Seq2SeqDistillationTrainingArguments
@@ -13,9 +14,11 @@ from .losses import (
     logit_distillation_loss,
     norm_statistics_loss,
     register_divergence,
+    topk_distillation_loss,
 )
 from .modeling import load_model
 from .students import create_student
+from .teacher_cache import TeacherCache, build_teacher_cache, load_teacher_cache
 from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
 
 __version__ = "0.1.0"
@@ -27,13 +30,17 @@ __all__ = [
     "DistillationTrainingArguments",
     "Seq2SeqDistillationTrainer",
     "Seq2SeqDistillationTrainingArguments",
+    "TeacherCache",
     "attention_transfer_loss",
+    "build_teacher_cache",
     "create_student",
     "cross_entropy_sum",
     "hidden_state_loss",
     "load_model",
+    "load_teacher_cache",
     "logit_distillation_loss",
     "norm_statistics_loss",
     "register_divergence",
     "spread_layers",
+    "topk_distillation_loss",
 ]

@@ -246,7 +246,7 @@ def evaluate_model(
             generated_tokens += sum(counts)
             for index, output, count in zip(batch, outputs, counts, strict=True):
                 predictions[index] = (output, count)
-        latencies = _latencies(runner, evaluation, args, device)
+        latencies, latency_tokens = _latencies(runner, evaluation, args, device)
     result.predictions = [prediction for prediction, _ in predictions]
     counts = [count for _, count in predictions]
     result.quality = _quality(data, evaluation, result.predictions, counts, model, tokenizer, device, args)
@@ -256,6 +256,8 @@ def evaluate_model(
         "peak_memory_mb": memory["peak_mb"],
         "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
         "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
+        # Per generated token at batch size 1: two models writing outputs of different lengths compare fairly.
+        "latency_per_token_ms": float(sum(latencies) * 1000 / latency_tokens),
         "examples_per_second": len(evaluation.features) / elapsed,
         "batch_size": args.benchmark_batch_size,
     }
@@ -266,19 +268,21 @@ def evaluate_model(
     return result
 
 
-def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArguments, device) -> list[float]:
-    """Seconds per example at batch size 1, on the first examples of the split, after warm-up runs."""
+def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArguments, device) -> tuple[list[float], int]:
+    """Seconds per example at batch size 1 on the first examples of the split (after warm-up runs), and the tokens
+    generated meanwhile (1 per example for classification)."""
     examples = [evaluation.features[i] for i in range(min(args.latency_examples, len(evaluation.features)))]
     for feature in examples[: args.warmup_batches]:
         runner.predict([feature])
-    timings = []
+    timings, tokens = [], 0
     for feature in examples:
         _synchronize(device)
         start = time.perf_counter()
-        runner.predict([feature])
+        _, counts = runner.predict([feature])
         _synchronize(device)
         timings.append(time.perf_counter() - start)
-    return timings
+        tokens += max(1, sum(counts))
+    return timings, tokens
 
 
 def _quality(data, evaluation, predictions, counts, model, tokenizer, device, args) -> dict:
@@ -459,7 +463,12 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
         else:
             retained[metric] = 100.0 * value / reference if reference else float("nan")
     return {
-        "speedup_latency": teacher_cost["latency_p50_ms"] / cost["latency_p50_ms"],
+        # Generation: the same work is a token, so speed compares time per generated token; classification: per example.
+        "speedup_latency": (
+            teacher_cost["latency_per_token_ms"] / cost["latency_per_token_ms"]
+            if "generated_tokens_per_second" in cost
+            else teacher_cost["latency_p50_ms"] / cost["latency_p50_ms"]
+        ),
         "speedup_throughput": cost["examples_per_second"] / teacher_cost["examples_per_second"],
         "compression_ratio": teacher_cost["parameters"] / cost["parameters"],
         "size_fraction": cost["size_on_disk_mb"] / teacher_cost["size_on_disk_mb"],

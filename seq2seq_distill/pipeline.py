@@ -110,9 +110,13 @@ def load_data(model_args: ModelArguments, data_args: DataArguments) -> tuple[str
 
 
 def load_teacher_and_tokenizer(
-    model_args: ModelArguments, task: str, config, raw: DatasetDict, data_args: DataArguments
+    model_args: ModelArguments, task: str, config, raw: DatasetDict, data_args: DataArguments, seed: int = 42
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreparedData]:
-    """Tokenizer, tokenized data, then the teacher with the data's label names (for an untrained head)."""
+    """Tokenizer, tokenized data, then the teacher with the data's label names (for an untrained head).
+
+    A head the checkpoint lacks (a sentence encoder used as a classifier) is initialized from ``seed``, not from
+    whatever the process's random state happens to be, so two runs with the same flags start from the same teacher.
+    """
     source = model_args.teacher_source
     flag = "--teacher_local_path" if model_args.teacher_local_path else "--teacher"
     tokenizer_source = model_args.custom_tokenizer_local_path or source
@@ -121,6 +125,7 @@ def load_teacher_and_tokenizer(
     known_labels = has_trained_labels(config) if task == "classification" else None
     data = prepare_data(raw, tokenizer, task, data_args, known_labels)
     overrides = {} if known_labels else label_overrides(task, data.label_names)
+    set_seed(seed)
     teacher = load_model(source, task, trust_remote_code=model_args.trust_remote_code, flag=flag, config_overrides=overrides)
     return teacher, tokenizer, data
 
@@ -239,17 +244,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def from_main_process(value):
-    """The main process's ``value`` on every process (the value itself without a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    payload = [value]
-    broadcast_object_list(payload, from_process=0)
-    return payload[0]
-
-
 def with_overrides(training_args, **overrides):
     """A copy of the training arguments with some fields changed (the original is shared by several runs)."""
     changed = copy.copy(training_args)
@@ -347,19 +341,23 @@ def validate_by_generation(model, tokenizer, data: PreparedData, args, output_di
 
 
 def scratch_teacher(
-    model_type: str, task: str, raw: DatasetDict, data_args: DataArguments, model_args: ModelArguments
+    model_type: str, task: str, raw: DatasetDict, data_args: DataArguments, model_args: ModelArguments, seed: int = 42
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreparedData]:
-    """A small teacher from a config, with a tokenizer trained on the training texts (no download anywhere)."""
+    """A small teacher from a config, with a tokenizer trained on the training texts (no download anywhere).
+
+    The tokenizer is a function of the texts and the weights of ``seed``, so every run, and every process of a
+    distributed run, builds the same teacher.
+    """
     from .data import resolve_columns
 
     input_column, target_column = resolve_columns(raw, data_args, task)
     texts = list(raw["train"][input_column])
     if task != "classification" and target_column:
         texts += list(raw["train"][target_column])
-    # Tokenizer training is not deterministic across processes: under torchrun every rank takes the main one's.
-    tokenizer = from_main_process(train_tokenizer(texts, vocab_size=model_args.scratch_vocab_size, model_type=model_type))
+    tokenizer = train_tokenizer(texts, vocab_size=model_args.scratch_vocab_size, model_type=model_type)
     data = prepare_data(raw, tokenizer, task, data_args)
     hidden = model_args.scratch_hidden_size
+    set_seed(seed)
     teacher = tiny_model(
         model_type,
         len(tokenizer),
@@ -368,7 +366,6 @@ def scratch_teacher(
         heads=max(1, hidden // 32),
         num_labels=len(data.label_names or [0, 1]),
     )
-    teacher.load_state_dict(from_main_process(teacher.state_dict()))  # and one initialization
     for name, value in label_overrides(task, data.label_names).items():
         setattr(teacher.config, name, value)
     if teacher.can_generate():
@@ -383,9 +380,9 @@ def train_teacher(model_args, data_args, training_args, pipeline_args: PipelineA
     check_resume(training_args)
     model_type, task, raw, config = load_data(model_args, data_args)
     if config is None:
-        teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args)
+        teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
     else:
-        teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
+        teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
     return _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args, training_args.output_dir)
 
 
@@ -425,7 +422,7 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
     check_student_plan(model_args, training_args, config, task)
-    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
+    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
     student = build_student(teacher, model_args, training_args)
     return train_model("distilled", student, teacher, data, tokenizer, training_args, training_args.output_dir)
 
@@ -460,7 +457,7 @@ def cache_teacher(model_args, data_args, training_args, cache_args: CacheArgumen
     _, task, raw, config = load_data(model_args, data_args)
     if config is None:
         raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
-    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
+    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu")
     teacher.to(device)
     return build_teacher_cache(
@@ -549,12 +546,12 @@ def run_pipeline(model_args, data_args, training_args, pipeline_args, benchmark_
         )
     model_type, task, raw, config = load_data(model_args, data_args)
     if config is None:
-        teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args)
+        teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
         check_student_plan(model_args, training_args, teacher.config, task)
         teacher_run = _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args, os.path.join(root, "teacher"))
     else:
         check_student_plan(model_args, training_args, config, task)
-        teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
+        teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
         if pipeline_args.finetune_teacher:
             teacher_run = _train_teacher_model(
                 teacher, tokenizer, data, training_args, pipeline_args, os.path.join(root, "teacher")

@@ -65,7 +65,9 @@ def _markdown_report(summary: dict, plots: list[str]) -> str:
         f"on {summary['environment']['device']}",
         "",
         f"Teacher: **{summary['teacher']}**. Main metric: {METRIC_LABELS.get(main, main)}. Latency at batch size 1 "
-        f"(p50 / p95), throughput at batch size {summary['settings']['benchmark']['benchmark_batch_size']}, warm-up excluded.",
+        f"(p50 / p95 per example, and per generated token), throughput at batch size "
+        f"{summary['settings']['benchmark']['benchmark_batch_size']}, warm-up excluded. Speed-up: the teacher's latency "
+        "over the model's, per generated token for generation, per example for classification.",
         "",
     ]
     quality_keys = [key for key in _quality_columns(summary) if key != main]
@@ -79,6 +81,7 @@ def _markdown_report(summary: dict, plots: list[str]) -> str:
         "peak mem (MB)",
         "p50 (ms)",
         "p95 (ms)",
+        "ms / token",
         "examples/s",
         "speed-up",
         "size %",
@@ -98,6 +101,7 @@ def _markdown_report(summary: dict, plots: list[str]) -> str:
             _format(cost["peak_memory_mb"]),
             f"{cost['latency_p50_ms']:.1f}",
             f"{cost['latency_p95_ms']:.1f}",
+            f"{cost['latency_per_token_ms']:.2f}",
             f"{cost['examples_per_second']:.1f}",
             f"{versus['speedup_latency']:.2f}x",
             f"{100 * versus['size_fraction']:.0f}",

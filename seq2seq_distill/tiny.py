@@ -6,9 +6,10 @@ and models are built from configs.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -32,21 +33,35 @@ _TEMPLATES = {"t5": "$A </s>", "bart": "<s> $A </s>", "bert": "<s> $A </s>", "gp
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, model_type: str = "t5") -> PreTrainedTokenizerFast:
-    """A lower-cased WordPiece tokenizer trained on ``texts``, framed the way ``model_type`` expects."""
+    """A lower-cased WordPiece tokenizer for ``texts``, framed the way ``model_type`` expects; the same texts always
+    give the same tokenizer.
+
+    The vocabulary is built here rather than by the ``tokenizers`` trainers, whose tie-breaking follows a hash order
+    that changes from process to process (two runs, or two torchrun workers, would get different tokenizers): the
+    special tokens, every character seen (alone and as a ``##`` continuation, so any word can be spelled), then whole
+    words by frequency, ties broken alphabetically. WordPiece's greedy longest match splits the other words.
+    """
     if model_type not in _TEMPLATES:
         raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(_TEMPLATES)}")
-    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({character for word in counts for character in word})
+    vocabulary = list(dict.fromkeys([*SPECIAL_TOKENS, *characters, *(f"##{character}" for character in characters)]))
+    words = sorted((word for word in counts if len(word) > 1), key=lambda word: (-counts[word], word))
+    vocabulary += words[: max(0, vocab_size - len(vocabulary))]
+    tokenizer = Tokenizer(models.WordPiece({token: index for index, token in enumerate(vocabulary)}, unk_token=UNK))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS)))
     template = _TEMPLATES[model_type]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=template,
         pair=f"{template} $B:1 </s>:1" if template != "$A" else "$A $B:1",
         special_tokens=[(EOS, EOS_ID), (BOS, BOS_ID)],
     )
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD,
         eos_token=EOS,
@@ -56,7 +71,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, model_type: st
         cls_token=BOS,
         sep_token=EOS,
     )
-    return fast
 
 
 def tiny_config(

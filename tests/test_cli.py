@@ -309,7 +309,7 @@ def test_pipeline_dry_run_on_the_embedded_default(tmp_path, capsys):
     report = root / "benchmark" / "benchmark_report.md"
     out = capsys.readouterr().out
     assert f"report: {report}" in out
-    assert elapsed < 90, f"dry run took {elapsed:.0f}s"
+    assert elapsed < 60, f"dry run took {elapsed:.0f}s"
 
 
 @pytest.mark.parametrize(

@@ -105,8 +105,11 @@ def test_stale_or_mismatched_caches_are_refused(setup, tmp_path, tokenizer_for, 
     other_data = prepare_data(load_raw_splits(DataArguments(train_size=15), "seq2seq"), tokenizer, "seq2seq", DATA)
     with pytest.raises(InputError, match="different train data"):
         load_teacher_cache(path, other_data, tokenizer, temperature=2.0)
+    from seq2seq_distill.tiny import train_tokenizer
+
+    other_tokenizer = train_tokenizer(["another corpus, another vocabulary"] * 3, vocab_size=50)
     with pytest.raises(InputError, match="different tokenizer"):
-        load_teacher_cache(path, data, tokenizer_for("bart"), temperature=2.0)
+        load_teacher_cache(path, data, other_tokenizer, temperature=2.0)
     with pytest.raises(InputError, match="different teacher"):
         load_teacher_cache(path, data, tokenizer, temperature=2.0, teacher=tiny("t5", layers=4, hidden=32, seed=5))
     (tmp_path / "cache" / INFO_FILE).unlink()
@@ -158,3 +161,42 @@ def test_cli_distills_from_a_cache_without_loading_the_teacher(tmp_path, monkeyp
     history = json.loads((tmp_path / "distilled" / "training_metrics.json").read_text())["log_history"]
     assert any("kd_loss" in entry for entry in history)
     assert main(["distill", "--teacher_cache", str(tmp_path / "cache"), *tiny, "--output_dir", str(tmp_path / "x")]) == 2
+
+
+def test_a_cached_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_one(setup, tmp_path):
+    """The cached rows travel with their examples, so resuming restores the cache position with the data order."""
+    tokenizer, data, teacher, student = setup
+    path = build_teacher_cache(teacher, tokenizer, data, str(tmp_path / "cache"), top_k=8, temperature=2.0)
+    cache = load_teacher_cache(path, data, tokenizer, temperature=2.0)
+    settings = dict(
+        per_device_train_batch_size=4,
+        max_steps=6,
+        temperature=2.0,
+        save_strategy="steps",
+        save_steps=3,
+        lr_scheduler_type="linear",
+    )  # 16 examples: the run crosses an epoch, and the schedule moves
+
+    def run(output, resume=None, stop_after=None):
+        model = copy.deepcopy(student)
+        trainer = distillation_trainer(
+            "seq2seq", tokenizer, model, None, output, data.tokenized["train"], teacher_cache=cache, **settings
+        )
+        if stop_after:  # an interrupted run: it stops once its checkpoint exists
+            from transformers import TrainerCallback
+
+            class Stop(TrainerCallback):
+                def on_save(self, args, state, control, **kwargs):
+                    control.should_training_stop = state.global_step >= stop_after
+
+            trainer.add_callback(Stop())
+        trainer.train(resume_from_checkpoint=resume)
+        return model, trainer.state.global_step
+
+    uninterrupted, steps = run(tmp_path / "whole")
+    _, stopped_at = run(tmp_path / "parts", stop_after=3)
+    resumed, resumed_steps = run(tmp_path / "parts", resume=str(tmp_path / "parts" / "checkpoint-3"))
+    assert (stopped_at, steps, resumed_steps) == (3, 6, 6)
+    expected = parameters_copy(uninterrupted)
+    for name, value in parameters_copy(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)

@@ -272,6 +272,11 @@ def test_projections_are_saved_with_the_student(tiny, tokenizer_for, tmp_path):
     projection_keys = sorted(k for k in saved if k.startswith(PROJECTIONS_ATTR))
     assert projection_keys == [f"{PROJECTIONS_ATTR}.{role}.{p}" for role in ("decoder", "encoder") for p in ("bias", "weight")]
     torch.testing.assert_close(saved[f"{PROJECTIONS_ATTR}.encoder.weight"], getattr(student, PROJECTIONS_ATTR)["encoder"].weight)
+    from transformers import AutoModelForSeq2SeqLM
+
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "final")  # for inference the projections are left out
+    assert not hasattr(loaded, PROJECTIONS_ATTR)
+    torch.testing.assert_close(loaded.lm_head.weight, student.lm_head.weight)
 
 
 def test_padded_teacher_vocabulary_is_compared_on_shared_rows(tiny, tokenizer_for, tmp_path):
