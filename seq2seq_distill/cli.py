@@ -20,6 +20,7 @@ from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -555,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (143, 130), so schedulers and ``cmd && next`` see that it did not finish.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    group_was_ours = not process_group_initialized()  # a caller's own group stays theirs
     try:
         return run(argv)
     except InputError as error:
@@ -570,6 +572,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"stopped: {error}", file=sys.stderr)
         return 3
+    finally:
+        if group_was_ours and process_group_initialized():
+            # Under torchrun a process that exits with its gloo/NCCL group alive can abort in the group's
+            # destructor ("terminate called without an active exception"): a failed run after a finished one.
+            torch.distributed.destroy_process_group()
+
+
+def process_group_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def console_main() -> None:

@@ -235,6 +235,8 @@ def shard_teacher(engine: str, out: str) -> int:
         "output_rows_at_setup": rows_before_training,
     }
     Path(f"{out}.rank{rank}").write_text(json.dumps(report))
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left alive can abort the process at exit
     return 0
 
 

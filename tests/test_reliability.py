@@ -142,15 +142,23 @@ def test_latest_skips_half_written_checkpoints_that_transformers_would_pick(tmp_
 
 
 class SendSignal(TrainerCallback):
-    """Sends signals to this very process at the end of one step (as a scheduler or Ctrl-C would)."""
+    """Sends signals to this very process at the end of one step (as a scheduler or Ctrl-C would).
 
-    def __init__(self, step, signum, times=1):
-        self.step, self.signum, self.times = step, signum, times
+    With ``times=2`` the second signal goes only after ``handled()`` says the first one reached its Python handler:
+    two signals sent back to back can reach the process as one (a pending signal is a flag, not a queue), and a
+    person pressing Ctrl-C twice is never that fast.
+    """
+
+    def __init__(self, step, signum, times=1, handled=lambda: True):
+        self.step, self.signum, self.times, self.handled = step, signum, times, handled
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             for _ in range(self.times):
                 os.kill(os.getpid(), self.signum)
+                deadline = time.monotonic() + 10
+                while not self.handled() and time.monotonic() < deadline:
+                    time.sleep(0.001)
 
 
 def tiny_trainer(tmp_path, tokenizer_for, tiny, *callbacks):
@@ -181,7 +189,8 @@ def test_ctrl_c_saves_a_checkpoint_at_the_step_end_and_stops(tmp_path, tokenizer
 def test_a_second_ctrl_c_stops_at_once(tmp_path, tokenizer_for, tiny):
     previous = signal.getsignal(signal.SIGINT)
     stop = GracefulStop()
-    trainer = tiny_trainer(tmp_path, tokenizer_for, tiny, SendSignal(2, signal.SIGINT, times=2), stop)
+    first_handled = SendSignal(2, signal.SIGINT, times=2, handled=lambda: stop.received is not None)
+    trainer = tiny_trainer(tmp_path, tokenizer_for, tiny, first_handled, stop)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     stop.restore()
