@@ -6,7 +6,7 @@
 The data folder holds train.tsv / dev.tsv / test.tsv with a `sentence<TAB>label` header (GLUE SST-2; test is GLUE's
 dev set). The pipeline fine-tunes the teacher's classification head and body on the first --train_size training
 phrases, copies layers 0, 3 and 5 into a 3-layer student, trains that student twice from the same copy (CE only:
-the baseline; CE + KD: distilled) and benchmarks all three on the test split. About 15 minutes on 2 CPU cores.
+the baseline; CE + KD: distilled) and benchmarks all three on the test split. About 10 minutes on 2 CPU cores.
 Prints accuracy, macro-F1, agreement with the teacher, latency and size for each model.
 """
 
