@@ -7,7 +7,8 @@ caller then sees ``stop.received`` and decides what to do; :func:`seq2seq_distil
 :class:`TrainingInterrupted` instead of writing a final model, so a stopped run never looks finished.
 
 A second signal while the first is being handled restores the previous handlers and re-delivers the signal (press
-Ctrl-C twice to stop at once, without the checkpoint).
+Ctrl-C twice to stop at once, without the checkpoint). A signal the process was started ignoring (SIGINT under
+``nohup`` or in a script's background job) stays ignored, as the shell convention and Python's own startup have it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class GracefulStop(TrainerCallback):
             logger.debug("not in the main thread: SIGTERM / Ctrl-C keep their default behaviour")
             return
         for signum in self.signals:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                # Started ignoring it (`nohup`, a background job of a script): the launcher asked that this signal
+                # not stop the run, and Python itself leaves an ignored SIGINT alone. Keep it that way.
+                logger.debug("%s is ignored by this process: left ignored", signal.Signals(signum).name)
+                continue
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:

@@ -175,6 +175,19 @@ def tiny_trainer(tmp_path, tokenizer_for, tiny, *callbacks):
     )  # fmt: skip
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT as an interactive Python process has it, whatever this test process inherited.
+
+    A test run started in the background by a script (`./.ci/run &`, nohup) inherits SIGINT ignored, and then the
+    tests below would test the ignored case instead.
+    """
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_saves_a_checkpoint_at_the_step_end_and_stops(tmp_path, tokenizer_for, tiny):
     previous = signal.getsignal(signal.SIGINT)
     stop = GracefulStop()
@@ -186,6 +199,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_step_end_and_stops(tmp_path, tokenizer
     assert signal.getsignal(signal.SIGINT) is previous, "the old handler is back after training"
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_second_ctrl_c_stops_at_once(tmp_path, tokenizer_for, tiny):
     previous = signal.getsignal(signal.SIGINT)
     stop = GracefulStop()
@@ -196,6 +210,27 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, tokenizer_for, tiny):
     stop.restore()
     assert signal.getsignal(signal.SIGINT) is previous
     assert not list(tmp_path.glob("checkpoints/checkpoint-*")), "no checkpoint after the second Ctrl-C"
+
+
+def test_a_signal_the_process_started_ignoring_stays_ignored():
+    """`nohup cmd &` or a script's background job starts with SIGINT ignored: a Ctrl-C meant for the shell's
+    foreground job must not stop the run (Python itself keeps an inherited SIG_IGN); SIGTERM is still handled."""
+    inherited = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = GracefulStop()
+    try:
+        stop.install()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.received is None
+        stop.restore()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == inherited[signal.SIGTERM]
+    finally:
+        for signum, handler in inherited.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize("step,finished", [(2, False), (12, True)])
