@@ -293,11 +293,6 @@ class ModelArguments:
         check_at_least(self, ("scratch_hidden_size", "scratch_num_layers"), 1)
         check_at_least(self, ("scratch_vocab_size",), 16)  # room for the special tokens and some words
 
-    def resolved_task(self) -> str:
-        if self.task is not None:
-            return self.task
-        return TASK_OF_MODEL_TYPE[self.model_type or "t5"]
-
     @property
     def teacher_source(self) -> str | None:
         return self.teacher_local_path or self.teacher

@@ -82,23 +82,31 @@ def _liger_chunk_loss(divergence: str, temperature: float, beta: float, device: 
 RowChunkLoss = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def select_rows(tensor: torch.Tensor, rows: torch.Tensor, rows_on_cpu: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """``tensor[rows[start:end]]``, as a view without a copy when those rows are consecutive (the usual case).
+def row_index(rows: torch.Tensor, rows_on_cpu: torch.Tensor, start: int, end: int) -> slice | torch.Tensor:
+    """``rows[start:end]`` as a slice when those rows are consecutive (the usual case), else as the index tensor.
 
     ``rows`` are sorted and distinct (a mask's nonzero indices), so they are consecutive exactly when the last minus
     the first is the count minus one; ``rows_on_cpu`` answers that without a device synchronization per chunk.
     """
     first, last = int(rows_on_cpu[start]), int(rows_on_cpu[end - 1])
-    if last - first == end - start - 1:
-        return tensor[first : last + 1]
-    return tensor.index_select(0, rows[start:end])
+    return slice(first, last + 1) if last - first == end - start - 1 else rows[start:end]
+
+
+def take_rows(tensor: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    """The rows of a :func:`row_index`: a view without a copy for a slice."""
+    return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
+
+
+def select_rows(tensor: torch.Tensor, rows: torch.Tensor, rows_on_cpu: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """``tensor[rows[start:end]]``, as a view when those rows are consecutive."""
+    return take_rows(tensor, row_index(rows, rows_on_cpu, start, end))
 
 
 class _ChunkedRowLosses(torch.autograd.Function):
     """Forward: loss and gradient chunk by chunk into one buffer. Backward: that buffer times ``grad_output``."""
 
     @staticmethod
-    def forward(ctx, student_logits, rows, chunk_loss, chunk_rows, num_terms, needs_grad):
+    def forward(ctx, student_logits, rows, rows_on_cpu, chunk_loss, chunk_rows, num_terms, needs_grad):
         # With ``rows`` the buffer covers every row of the input, zero where no row was selected: the gradient
         # autograd would have built for ``logits[mask]`` too, without the gathered [N, V] copies.
         if not needs_grad:
@@ -110,16 +118,10 @@ class _ChunkedRowLosses(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=student_logits.device)  # no rows sums to 0
         term_sums = torch.zeros(num_terms, dtype=torch.float32, device=student_logits.device)
         row_count = student_logits.shape[0] if rows is None else rows.numel()
-        rows_on_cpu = rows.cpu() if rows is not None else None
         for start in range(0, row_count, chunk_rows):
             end = min(start + chunk_rows, row_count)
-            if rows is None:
-                chunk, index = student_logits[start:end], slice(start, end)
-            else:
-                chunk = select_rows(student_logits, rows, rows_on_cpu, start, end)
-                first, last = int(rows_on_cpu[start]), int(rows_on_cpu[end - 1])
-                index = slice(first, last + 1) if last - first == end - start - 1 else rows[start:end]
-            chunk = chunk.detach()
+            index = slice(start, end) if rows is None else row_index(rows, rows_on_cpu, start, end)
+            chunk = take_rows(student_logits, index).detach()
             if grad_buffer is None:
                 loss, parts, *_ = chunk_loss(chunk, start, end)
             else:
@@ -143,11 +145,11 @@ class _ChunkedRowLosses(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor, _grad_terms: torch.Tensor):
         (grad_buffer,) = ctx.saved_tensors
         if grad_buffer is None:  # only the (frozen) teacher asked for a gradient
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         # A loss backpropagated as is (grad_output == 1) hands the buffer over without another [M, V] tensor; the
         # trainer folds its normalization into the chunk loss so that this is the usual case.
         grad_student = grad_buffer if torch.equal(grad_output, torch.ones_like(grad_output)) else grad_buffer * grad_output
-        return grad_student, None, None, None, None, None
+        return grad_student, None, None, None, None, None, None
 
 
 def chunked_row_losses(
@@ -155,6 +157,7 @@ def chunked_row_losses(
     chunk_loss: RowChunkLoss,
     *,
     rows: torch.Tensor | None = None,
+    rows_on_cpu: torch.Tensor | None = None,
     num_terms: int = 1,
     chunk_elements: int = 2**18,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +165,10 @@ def chunked_row_losses(
 
     ``student_logits`` is ``[M, V]`` (e.g. a model's ``[B, T, V]`` logits viewed flat); ``rows`` ``[N]`` are the
     distinct rows that enter the loss (all rows when None), processed ``max(1, chunk_elements // V)`` at a time,
-    each chunk gathered on the fly. Returns ``(loss, term_sums)``: the summed differentiable loss and the
-    detached per-term sums ``[num_terms]`` for logging. The gradient w.r.t. ``student_logits`` is computed in the
-    forward into one buffer shaped like it; no other ``[M, V]`` or ``[N, V]`` tensor outlives the forward.
+    each chunk gathered on the fly (pass ``rows_on_cpu = rows.cpu()`` if you have it, to save a device copy).
+    Returns ``(loss, term_sums)``: the summed differentiable loss and the detached per-term sums ``[num_terms]``
+    for logging. The gradient w.r.t. ``student_logits`` is computed in the forward into one buffer shaped like it;
+    no other ``[M, V]`` or ``[N, V]`` tensor outlives the forward.
     """
     if student_logits.dim() != 2:
         raise ValueError(f"expected [rows, V] logits, got shape {tuple(student_logits.shape)}")
@@ -172,7 +176,9 @@ def chunked_row_losses(
         raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
     chunk_rows = max(1, chunk_elements // max(1, student_logits.shape[1]))
     needs_grad = student_logits.requires_grad and torch.is_grad_enabled()
-    return _ChunkedRowLosses.apply(student_logits, rows, chunk_loss, chunk_rows, num_terms, needs_grad)
+    if rows is not None and rows_on_cpu is None:
+        rows_on_cpu = rows.cpu()
+    return _ChunkedRowLosses.apply(student_logits, rows, rows_on_cpu, chunk_loss, chunk_rows, num_terms, needs_grad)
 
 
 def fused_ce_forward_kl(

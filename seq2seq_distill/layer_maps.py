@@ -48,16 +48,3 @@ def check_layer_map(layer_map: Sequence[int], num_teacher_layers: int, num_stude
             f"(valid indices 0..{num_teacher_layers - 1})"
         )
     return layer_map
-
-
-def parse_layer_map(value: str | Sequence[int] | None) -> list[int] | None:
-    """Accept ``[0, 6, 11]``, ``"0,6,11"`` or ``"0 6 11"`` (config files and flags write them differently)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        parts = value.replace(",", " ").split()
-        try:
-            return [int(part) for part in parts]
-        except ValueError:
-            raise InputError(f"layer map {value!r} must be integers separated by commas, e.g. 0,6,11") from None
-    return [int(index) for index in value]

@@ -570,7 +570,7 @@ def run_pipeline(model_args, data_args, training_args, pipeline_args, benchmark_
     training_logs = {run.name: os.path.join(run.path, TRAINING_METRICS_FILE) for run in runs}
     if not is_main_process():  # whole models are measured once, by the main process; the others are done
         return {"verdict": f"process {training_args.process_index}: the benchmark runs on the main process", "skipped": True}
-    results = run_benchmark(
+    return run_benchmark(
         models,
         data,
         tokenizer,
@@ -579,4 +579,3 @@ def run_pipeline(model_args, data_args, training_args, pipeline_args, benchmark_
         training_logs=training_logs,
         teacher_name="teacher",
     )
-    return results

@@ -150,12 +150,25 @@ def _sample_predictions(results, data, evaluation, count: int) -> str:
     return "\n".join(lines)
 
 
-def _plot_quality_vs_latency(summary: dict, folder: str) -> str:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(figure, folder: str, name: str, dpi: int) -> str:
+    figure.tight_layout()
+    figure.savefig(os.path.join(folder, name), dpi=dpi)
+    _pyplot().close(figure)
+    return name
+
+
+def _plot_quality_vs_latency(summary: dict, folder: str) -> str:
+    plt = _pyplot()
     main = summary["main_metric"]
     figure, axes = plt.subplots(figsize=(6, 4))
     for name, model in summary["models"].items():
@@ -166,11 +179,7 @@ def _plot_quality_vs_latency(summary: dict, folder: str) -> str:
     axes.set_ylabel(METRIC_LABELS.get(main, main))
     axes.set_title("quality vs. latency")
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    name = "quality_vs_latency.png"
-    figure.savefig(os.path.join(folder, name), dpi=120)
-    plt.close(figure)
-    return name
+    return _save(figure, folder, "quality_vs_latency.png", dpi=120)
 
 
 def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | None:
@@ -183,11 +192,7 @@ def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | N
     terms = sorted({key for entries in histories.values() for entry in entries for key in entry if key.endswith("loss")})
     if not terms:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
     for axis, term in zip(axes[0], terms, strict=True):
         for name, entries in histories.items():
@@ -198,8 +203,4 @@ def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | N
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    name = "training_curves.png"
-    figure.savefig(os.path.join(folder, name), dpi=110)
-    plt.close(figure)
-    return name
+    return _save(figure, folder, "training_curves.png", dpi=110)

@@ -306,8 +306,8 @@ class DistillationMixin:
             return batch_samples, None
         if self.plan.on_policy:  # before counting, so the step-wide counts describe what is trained on
             batch_samples = self._on_policy_batches(batch_samples)
-        target = sum(self._positions(batch)[0].sum() for batch in batch_samples).to(device)
-        source = sum(self._positions(batch)[1].sum() for batch in batch_samples).to(device)
+        counts = torch.stack([torch.stack([mask.sum() for mask in self._positions(batch)]) for batch in batch_samples])
+        target, source = counts.sum(0).to(device).unbind()
         if self._counts_are_global():
             target, source = self.accelerator.gather(torch.stack([target, source]).view(1, 2)).sum(0)
         self._step_source_tokens = source
@@ -469,6 +469,10 @@ class DistillationMixin:
             teacher_flat = teacher_outputs.logits.reshape(-1, teacher_outputs.logits.shape[-1])
             kd_sum = kd_chunk_function(settings.divergence, settings.temperature, settings.divergence_beta, rows.device)
         shared = self.output_size
+
+        def teacher_rows(start: int, end: int) -> torch.Tensor:
+            return select_rows(teacher_flat, rows, rows_on_cpu, start, end)[:, :shared]
+
         if self._closed_form_logit_terms(rows.device):
             # CE and forward KL know their gradients: no autograd graph per chunk (see fused_ce_forward_kl). The
             # normalization is folded into the weights so the chunk's gradient comes out already scaled.
@@ -479,7 +483,7 @@ class DistillationMixin:
             def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
                 teacher_chunk = teacher_top = None
                 if plan.kd and cached is None:
-                    teacher_chunk = select_rows(teacher_flat, rows, rows_on_cpu, start, end)[:, :shared]
+                    teacher_chunk = teacher_rows(start, end)
                 elif plan.kd:
                     teacher_top = (cached[start:end], inputs[CACHE_INDICES][start:end])
                 total, parts, grad = fused_ce_forward_kl(
@@ -495,36 +499,38 @@ class DistillationMixin:
                 )
                 return total, parts * step_scale, grad
 
-            loss, sums = chunked_row_losses(
-                student_flat, chunk_loss, rows=rows, num_terms=len(names), chunk_elements=settings.kd_chunk_elements
-            )
-            return loss, dict(zip(names, sums.unbind(), strict=True))
+        else:
 
-        def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
-            parts, loss = [], 0.0
-            if plan.ce:
-                ce = cross_entropy_sum(student_chunk, row_labels[start:end], self.args.label_smoothing_factor)
-                parts.append(ce)
-                loss = loss + settings.ce_weight * ce
-            if plan.kd:
-                if cached is None:
-                    teacher_chunk = select_rows(teacher_flat, rows, rows_on_cpu, start, end)[:, :shared]
-                    kd = kd_sum(student_chunk[:, :shared], teacher_chunk)
-                else:
-                    kd = topk_distillation_loss(
-                        student_chunk[:, :shared],
-                        cached[start:end],
-                        inputs[CACHE_INDICES][start:end],
-                        divergence=settings.divergence,
-                        temperature=settings.temperature,
-                        beta=settings.divergence_beta,
-                    )
-                parts.append(kd)
-                loss = loss + settings.kd_weight * kd
-            return loss * scale, torch.stack(parts).detach() * scale
+            def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
+                parts, loss = [], 0.0
+                if plan.ce:
+                    ce = cross_entropy_sum(student_chunk, row_labels[start:end], self.args.label_smoothing_factor)
+                    parts.append(ce)
+                    loss = loss + settings.ce_weight * ce
+                if plan.kd:
+                    if cached is None:
+                        teacher_chunk = teacher_rows(start, end)
+                        kd = kd_sum(student_chunk[:, :shared], teacher_chunk)
+                    else:
+                        kd = topk_distillation_loss(
+                            student_chunk[:, :shared],
+                            cached[start:end],
+                            inputs[CACHE_INDICES][start:end],
+                            divergence=settings.divergence,
+                            temperature=settings.temperature,
+                            beta=settings.divergence_beta,
+                        )
+                    parts.append(kd)
+                    loss = loss + settings.kd_weight * kd
+                return loss * scale, torch.stack(parts).detach() * scale
 
         loss, sums = chunked_row_losses(
-            student_flat, chunk_loss, rows=rows, num_terms=len(names), chunk_elements=settings.kd_chunk_elements
+            student_flat,
+            chunk_loss,
+            rows=rows,
+            rows_on_cpu=rows_on_cpu,
+            num_terms=len(names),
+            chunk_elements=settings.kd_chunk_elements,
         )
         return loss, dict(zip(names, sums.unbind(), strict=True))
 
