@@ -232,6 +232,7 @@ class Seq2SeqDistillationTrainingArguments(DistillationSettings, Seq2SeqTraining
 MODEL_TYPES = ("t5", "bart", "bert", "gpt2")
 TASK_OF_MODEL_TYPE = {"t5": "seq2seq", "bart": "seq2seq", "bert": "classification", "gpt2": "causal_lm"}
 TASK_NAMES = ("seq2seq", "classification", "causal_lm")
+DEFAULT_VALIDATION_FRACTION = 0.1  # of train, carved as validation when the data has none and the run evaluates
 
 
 @dataclass
@@ -315,8 +316,16 @@ class DataArguments:
     dataset_column_names: list[str] | None = field(
         default=None, metadata={"help": "Column names for a headerless csv / tsv file, in file order."}
     )
-    dataset_input_column: str | None = field(
-        default=None, metadata={"help": "Input text column. Default: the first of document, article, text, sentence, ..."}
+    dataset_input_column: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Input text column(s). Default: the first of document, article, text, sentence, ... Several columns "
+            "(e.g. headline description) are joined into one text with --input_column_separator; for classification, "
+            "exactly two are a text pair (as run_glue.py reads sentence1 sentence2)."
+        },
+    )
+    input_column_separator: str = field(
+        default="\n", metadata={"help": "Text placed between several input columns joined into one input."}
     )
     dataset_target_column: str | None = field(
         default=None,
@@ -332,8 +341,12 @@ class DataArguments:
     train_size: int | None = field(default=None, metadata={"help": "Use the first N training examples (none = all)."})
     val_size: int | None = field(default=None, metadata={"help": "Use the first N validation examples (none = all)."})
     test_size: int | None = field(default=None, metadata={"help": "Use the first N test examples (none = all)."})
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of train carved out (seeded) as validation when the data has none."}
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of train carved out (seeded) as validation when the data has none. Default: 0.1 when the "
+            "run evaluates (--eval_strategy other than no), else 0: no training rows are held out for nothing."
+        },
     )
     test_fraction: float = field(
         default=0.1, metadata={"help": "Share of train carved out (seeded) as test when the data has none."}
@@ -347,7 +360,7 @@ class DataArguments:
     def __post_init__(self) -> None:
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
-            if not 0.0 <= value < 0.5:
+            if value is not None and not 0.0 <= value < 0.5:
                 raise InputError(f"{name} must be in [0, 0.5), got {value!r}")
         for name in ("max_source_length", "max_target_length"):
             if getattr(self, name) < 1:
@@ -359,6 +372,11 @@ class DataArguments:
         check_at_least(self, ("preprocessing_num_workers",), 1)
         if not 0 <= self.split_seed < 2**32:
             raise InputError(f"split_seed must be in [0, 2**32), got {self.split_seed!r}")
+        if isinstance(self.dataset_input_column, str):  # DataArguments(dataset_input_column="text") from Python
+            self.dataset_input_column = [self.dataset_input_column]
+        columns = self.dataset_input_column
+        if columns is not None and (len(set(columns)) != len(columns) or not all(column.strip() for column in columns)):
+            raise InputError(f"dataset_input_column must be distinct, non-empty names, got {' '.join(map(repr, columns))}")
         names = self.dataset_column_names
         if names is not None and (len(set(names)) != len(names) or not all(name.strip() for name in names)):
             raise InputError(f"dataset_column_names must be distinct, non-empty names, got {' '.join(map(repr, names))}")
@@ -389,10 +407,10 @@ class PipelineArguments:
         metadata={"help": "Fine-tune the given --teacher on the task first (e.g. a pretrained encoder without a task head)."},
     )
     teacher_num_train_epochs: float | None = field(
-        default=None, metadata={"help": "Epochs of teacher training (default: --num_train_epochs)."}
+        default=None, metadata={"help": "Epochs of teacher training (unset: --num_train_epochs)."}
     )
     teacher_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of teacher training (default: --learning_rate)."}
+        default=None, metadata={"help": "Learning rate of teacher training (unset: --learning_rate)."}
     )
     train_baseline: bool = field(
         default=True,
@@ -404,8 +422,12 @@ class PipelineArguments:
 class PseudoLabelArguments:
     """Sequence-level distillation: the teacher writes the targets."""
 
+    output_dir: str = field(
+        default="outputs/pseudo_labels",
+        metadata={"help": "Folder for the pseudo-labelled dataset (save_to_disk); distill reads it with --dataset_local_path."},
+    )
     pseudo_label_output: str | None = field(
-        default=None, metadata={"help": "Folder for the pseudo-labelled dataset (save_to_disk); distill reads it."}
+        default=None, metadata={"help": "Older name of --output_dir for this command; when given, it wins."}
     )
     pseudo_label_splits: list[str] = field(
         default_factory=lambda: ["train"],
@@ -414,9 +436,14 @@ class PseudoLabelArguments:
     pseudo_label_batch_size: int = field(default=16, metadata={"help": "Inputs per generation batch."})
     num_beams: int = field(default=4, metadata={"help": "Beam count for the teacher's generation."})
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Longest target to generate (default: --max_target_length)."}
+        default=None, metadata={"help": "Longest target to generate (unset: --max_target_length)."}
     )
-    length_penalty: float | None = field(default=None, metadata={"help": "Beam length penalty (default: the model's)."})
+    length_penalty: float | None = field(default=None, metadata={"help": "Beam length penalty (unset: the model's)."})
+
+    @property
+    def destination(self) -> str:
+        """Where the relabelled dataset goes: --output_dir, or the older --pseudo_label_output when given."""
+        return self.pseudo_label_output or self.output_dir
 
 
 @dataclass
@@ -427,11 +454,9 @@ class BenchmarkArguments:
         default=None,
         metadata={"help": "Models to compare (folders or hub names); the first is the teacher unless --teacher_name."},
     )
-    model_names: list[str] | None = field(
-        default=None, metadata={"help": "Display names, one per model (default: folder names)."}
-    )
+    model_names: list[str] | None = field(default=None, metadata={"help": "Display names, one per model (unset: folder names)."})
     teacher_name: str | None = field(
-        default=None, metadata={"help": "Which model the ratios compare against (default: the first)."}
+        default=None, metadata={"help": "Which model the ratios compare against (unset: the first)."}
     )
     benchmark_split: str = field(default="test", metadata={"help": "Split to evaluate: train, validation or test."})
     benchmark_output_dir: str = field(
@@ -439,20 +464,36 @@ class BenchmarkArguments:
     )
     benchmark_batch_size: int = field(default=16, metadata={"help": "Batch size for quality evaluation and throughput."})
     num_beams: int | None = field(
-        default=None, metadata={"help": "Beams for generation (default: each model's generation config)."}
+        default=None, metadata={"help": "Beams for generation (unset: each model's generation config)."}
     )
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest generation (default: --max_target_length)."})
-    length_penalty: float | None = field(
-        default=None, metadata={"help": "Beam length penalty (default: the generation config's)."}
-    )
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest generation (unset: --max_target_length)."})
+    length_penalty: float | None = field(default=None, metadata={"help": "Beam length penalty (unset: the generation config's)."})
     latency_examples: int = field(default=32, metadata={"help": "Examples timed one by one for p50 / p95 latency."})
+    latency_min_timings: int = field(
+        default=10,
+        metadata={
+            "help": "Fewest latency timings per model: the latency examples are timed again, round after round, until "
+            "there are this many (and --latency_min_time is reached). Below 10 the verdict states no speed-up."
+        },
+    )
+    latency_min_time: float = field(
+        default=0.5,
+        metadata={
+            "help": "Fewest seconds of latency timings per model: rounds over the latency examples are repeated until "
+            "their timings add up to this (and --latency_min_timings is reached), so a median of fast runs is stable."
+        },
+    )
     warmup_batches: int = field(default=2, metadata={"help": "Untimed warm-up runs before each timing."})
     num_sample_predictions: int = field(default=5, metadata={"help": "Examples shown side by side in the report."})
-    device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})
+    device: str | None = field(default=None, metadata={"help": "cpu or cuda (unset: cuda when available)."})
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("benchmark_batch_size", "latency_examples", "num_beams", "max_new_tokens"), 1)
-        check_at_least(self, ("warmup_batches", "num_sample_predictions"), 0)
+        check_at_least(
+            self, ("benchmark_batch_size", "latency_examples", "latency_min_timings", "num_beams", "max_new_tokens"), 1
+        )
+        check_at_least(self, ("warmup_batches", "num_sample_predictions", "latency_min_time"), 0)
+        if not math.isfinite(self.latency_min_time):  # timing until infinity never ends
+            raise InputError(f"latency_min_time must be a finite number of seconds, got {self.latency_min_time!r}")
         if self.benchmark_split not in ("train", "validation", "test"):
             raise InputError(f"benchmark_split must be train, validation or test, got {self.benchmark_split!r}")
         if self.device is not None:

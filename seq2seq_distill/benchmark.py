@@ -30,13 +30,23 @@ from .arguments import BenchmarkArguments, DataArguments, ModelArguments
 from .data import PreparedData, collator_for, has_trained_labels, load_raw_splits, prepare_data
 from .errors import InputError
 from .metrics import bleu_scores, classification_scores, generation_length, perplexity, prediction_agreement, rouge_scores
-from .modeling import load_model, load_tokenizer, output_rows, resolve_model_path, shared_output_size, task_of_config
+from .modeling import (
+    load_config,
+    load_model,
+    load_tokenizer,
+    output_rows,
+    resolve_model_path,
+    shared_output_size,
+    task_of_config,
+)
+from .processes import is_main_process
 from .reports import METRIC_LABELS, write_reports
 
 logger = logging.getLogger(__name__)
 
 MAIN_METRIC = {"seq2seq": "rougeL", "classification": "accuracy", "causal_lm": "perplexity"}
 LOWER_IS_BETTER = {"perplexity", "kl_to_teacher"}
+MIN_RELIABLE_TIMINGS = 10  # fewer latency timings than this per model: the verdict states no speed-up ratio
 
 
 @dataclass
@@ -152,7 +162,7 @@ def evaluation_set(data: PreparedData, split: str) -> EvaluationSet:
         references = [None] * len(raw)
     features = [dict(row) for row in tokenized]
     order = sorted(range(len(features)), key=lambda index: len(features[index]["input_ids"]))
-    return EvaluationSet(features, order, references, list(raw[data.input_column]))
+    return EvaluationSet(features, order, references, data.source_texts(split))
 
 
 def _prompt_only(feature: dict) -> dict:
@@ -256,32 +266,45 @@ def evaluate_model(
         "peak_memory_mb": memory["peak_mb"],
         "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
         "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
-        # Per generated token at batch size 1: two models writing outputs of different lengths compare fairly.
-        "latency_per_token_ms": float(sum(latencies) * 1000 / latency_tokens),
+        "latency_timings": len(latencies),
         "examples_per_second": len(evaluation.features) / elapsed,
         "batch_size": args.benchmark_batch_size,
     }
-    if data.task != "classification":
+    if data.task != "classification":  # per token means something only where tokens are generated
+        per_token = [seconds * 1000 / count for seconds, count in zip(latencies, latency_tokens, strict=True)]
+        # Per generated token at batch size 1: two models writing outputs of different lengths compare fairly.
+        result.cost["latency_per_token_ms"] = float(sum(latencies) * 1000 / sum(latency_tokens))
+        result.cost["latency_per_token_p50_ms"] = float(np.percentile(per_token, 50))
+        result.cost["latency_per_token_p95_ms"] = float(np.percentile(per_token, 95))
         result.cost["generated_tokens_per_second"] = generated_tokens / elapsed
     del model, runner
     gc.collect()
     return result
 
 
-def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArguments, device) -> tuple[list[float], int]:
-    """Seconds per example at batch size 1 on the first examples of the split (after warm-up runs), and the tokens
-    generated meanwhile (1 per example for classification)."""
+def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArguments, device) -> tuple[list[float], list[int]]:
+    """Seconds per run at batch size 1 on the first ``--latency_examples`` examples of the split (after warm-up runs),
+    and the tokens each run generated (1 for classification).
+
+    The set is timed in whole rounds, repeated until there are at least ``--latency_min_timings`` timings and
+    ``--latency_min_time`` seconds of them, so every model sees each example equally often and a fast model is not
+    judged on a handful of millisecond timings.
+    """
     examples = [evaluation.features[i] for i in range(min(args.latency_examples, len(evaluation.features)))]
+    if not examples:
+        raise InputError(f"the {args.benchmark_split} split has no examples to time")
     for feature in examples[: args.warmup_batches]:
         runner.predict([feature])
-    timings, tokens = [], 0
-    for feature in examples:
-        _synchronize(device)
-        start = time.perf_counter()
-        _, counts = runner.predict([feature])
-        _synchronize(device)
-        timings.append(time.perf_counter() - start)
-        tokens += max(1, sum(counts))
+    timings: list[float] = []
+    tokens: list[int] = []
+    while not timings or len(timings) < args.latency_min_timings or sum(timings) < args.latency_min_time:
+        for feature in examples:
+            _synchronize(device)
+            start = time.perf_counter()
+            _, counts = runner.predict([feature])
+            _synchronize(device)
+            timings.append(time.perf_counter() - start)
+            tokens.append(max(1, sum(counts)))
     return timings, tokens
 
 
@@ -333,7 +356,8 @@ def teacher_agreement(
     device,
     trust_remote_code: bool = False,
 ) -> dict[str, dict]:
-    """Mean token-level KL(teacher || student) and top-1 agreement under teacher forcing on the split's targets."""
+    """Mean token-level KL(teacher || student) and, for generation, top-1 agreement under teacher forcing on the
+    split's targets (for classification the top-1 class is the prediction: ``prediction_agreement`` says it once)."""
     teacher = load_model(teacher_path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
     collator = collator_for(data.task, tokenizer, teacher)
     results = {}
@@ -357,7 +381,9 @@ def teacher_agreement(
             kl_sum += F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum").item()
             agree += int((student_log_probs.argmax(-1) == teacher_log_probs.argmax(-1)).sum())
             positions += int(mask.sum())
-        results[name] = {"kl_to_teacher": kl_sum / max(positions, 1), "top1_agreement": 100.0 * agree / max(positions, 1)}
+        results[name] = {"kl_to_teacher": kl_sum / max(positions, 1)}
+        if data.task != "classification":  # for classification top-1 is the prediction: run_benchmark adds that once
+            results[name]["top1_agreement"] = 100.0 * agree / max(positions, 1)
         del student
     del teacher
     gc.collect()
@@ -462,6 +488,7 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
             retained[metric] = 100.0 * reference / value if value else float("nan")
         else:
             retained[metric] = 100.0 * value / reference if reference else float("nan")
+    note = None if result is teacher else speedup_reliability(cost, teacher_cost, result.name, teacher.name)
     return {
         # Generation: the same work is a token, so speed compares time per generated token; classification: per example.
         "speedup_latency": (
@@ -474,7 +501,35 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
         "size_fraction": cost["size_on_disk_mb"] / teacher_cost["size_on_disk_mb"],
         "quality_retained": retained.get(main_metric, float("nan")),
         "quality_retained_by_metric": retained,
+        "speedup_note": note,  # None: the latency speed-up is a meaningful ratio; else why it is not
     }
+
+
+def speedup_reliability(cost: dict, teacher_cost: dict, name: str = "model", teacher_name: str = "teacher") -> str | None:
+    """Why the latency speed-up of ``cost`` over ``teacher_cost`` is not a meaningful ratio, or None when it is.
+
+    The rule: each model has at least ``MIN_RELIABLE_TIMINGS`` timings, and the two p50..p95 latency ranges do not
+    overlap (the faster model's p95 is below the slower model's p50), on the figure the speed-up divides: per
+    generated token for generation, per example for classification. Where they overlap, the difference between the
+    models is within the spread of either one's timings and a ratio such as 1.1x or 0.9x says nothing.
+    """
+    for model_name, figures in ((teacher_name, teacher_cost), (name, cost)):
+        if figures["latency_timings"] < MIN_RELIABLE_TIMINGS:
+            return (
+                f"only {figures['latency_timings']} timings of {model_name}; raise --latency_min_timings to "
+                f"{MIN_RELIABLE_TIMINGS} or more"
+            )
+    generation = "generated_tokens_per_second" in cost
+    prefix, unit = ("latency_per_token", "ms/token") if generation else ("latency", "ms")
+    ranges = {
+        model_name: (figures[f"{prefix}_p50_ms"], figures[f"{prefix}_p95_ms"])
+        for model_name, figures in ((teacher_name, teacher_cost), (name, cost))
+    }
+    (fast_p50, fast_p95), (slow_p50, _) = sorted(ranges.values())
+    if fast_p95 < slow_p50:
+        return None
+    shown = ", ".join(f"{model_name} {p50:.2f}-{p95:.2f} {unit}" for model_name, (p50, p95) in ranges.items())
+    return f"the p50-p95 latency ranges overlap ({shown}), so the difference is within the timings' spread"
 
 
 def make_verdict(results: dict[str, ModelResult], teacher_name: str, main_metric: str) -> str:
@@ -486,10 +541,12 @@ def make_verdict(results: dict[str, ModelResult], teacher_name: str, main_metric
         versus = result.versus_teacher
         retained = versus["quality_retained"]
         kept = f"{retained:.1f}%" if retained == retained else "n/a (the teacher scores 0)"
-        parts.append(
-            f"{name} keeps {kept} of the teacher's {label} at {versus['speedup_latency']:.1f}x "
-            f"the speed and {100 * versus['size_fraction']:.0f}% of the size"
-        )
+        size = f"{100 * versus['size_fraction']:.0f}% of the size"
+        if versus.get("speedup_note"):  # no ratio where the timings cannot support one
+            note = f"speed-up not measured reliably: {versus['speedup_note']}"
+            parts.append(f"{name} keeps {kept} of the teacher's {label} at {size} ({note})")
+        else:
+            parts.append(f"{name} keeps {kept} of the teacher's {label} at {versus['speedup_latency']:.1f}x the speed and {size}")
     return "; ".join(parts) if parts else f"{teacher_name}: {label} {results[teacher_name].quality[main_metric]:.2f}"
 
 
@@ -525,24 +582,18 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
         raise InputError(f"--model_names has {len(names)} names for {len(args.models)} models; give one per model")
     if len(set(names)) != len(names):
         raise InputError(f"model names must be distinct, got {', '.join(names)}; set --model_names")
-    rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:  # launched under torchrun: one process measures and writes, the others would only compete with it
-        logger.info("process %d: the benchmark runs on the main process only", rank)
-        return {"verdict": f"process {rank}: the benchmark runs on the main process", "skipped": True}
+    if not is_main_process():  # under torchrun: one process measures and writes, the others would only compete with it
+        return {"verdict": "this process skipped the benchmark: it runs on the main process", "skipped": True}
     paths = [resolve_model_path(path, "--models") for path in args.models]
-    from transformers import AutoConfig
-
-    try:
-        configs = [AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code) for path in paths]
-    except OSError as error:
-        raise InputError(f"--models: {error}".splitlines()[0]) from None
+    configs = [load_config(path, flag="--models", trust_remote_code=model_args.trust_remote_code) for path in paths]
     task = model_args.task or task_of_config(configs[0])
     tokenizer = load_tokenizer(
         model_args.custom_tokenizer_local_path or paths[0], flag="--models", trust_remote_code=model_args.trust_remote_code
     )
     _check_same_tokenizer(tokenizer, paths, names, model_args.trust_remote_code)
-    raw = load_raw_splits(data_args, task)
-    data = prepare_data(raw, tokenizer, task, data_args, has_trained_labels(configs[0]) if task == "classification" else None)
+    known_labels = has_trained_labels(configs[0]) if task == "classification" else None
+    raw = load_raw_splits(data_args, task, evaluates=args.benchmark_split == "validation", known_labels=known_labels)
+    data = prepare_data(raw, tokenizer, task, data_args, known_labels)
     training_logs = {name: os.path.join(path, "training_metrics.json") for name, path in zip(names, paths, strict=True)}
     return run_benchmark(
         dict(zip(names, paths, strict=True)),

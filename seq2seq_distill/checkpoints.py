@@ -72,7 +72,7 @@ def checkpoint_problem(folder: str) -> str | None:
     return None
 
 
-def latest_complete_checkpoint(checkpoints_dir: str) -> str | None:
+def latest_complete_checkpoint(checkpoints_dir: str, *, warn: bool = True) -> str | None:
     """The highest-numbered ``checkpoint-N`` folder that is complete; incomplete newer ones are skipped."""
     numbered = []
     for name in os.listdir(checkpoints_dir):
@@ -83,5 +83,6 @@ def latest_complete_checkpoint(checkpoints_dir: str) -> str | None:
         problem = checkpoint_problem(folder)
         if problem is None:
             return folder
-        logger.warning("skipping the incomplete checkpoint %s (%s): the run stopped while saving it", folder, problem)
+        if warn:
+            logger.warning("skipping the incomplete checkpoint %s (%s): the run stopped while saving it", folder, problem)
     return None

@@ -213,15 +213,19 @@ def fused_ce_forward_kl(
         log_probs_1 = None
         if ce_weight:
             log_probs_1 = torch.log_softmax(logits, -1)
-            nll = -log_probs_1.gather(-1, labels[:, None]).squeeze(-1)
-            ce = (1 - label_smoothing) * nll.sum() - label_smoothing * log_probs_1.mean(-1).sum()
+            labelled = (labels != -100)[:, None]  # rows without a label (-100) take no part in CE
+            safe_labels = labels.clamp_min(0)[:, None]
+            nll = -log_probs_1.gather(-1, safe_labels) * labelled
+            smoothed = -log_probs_1.mean(-1, keepdim=True) * labelled
+            ce = (1 - label_smoothing) * nll.sum() + label_smoothing * smoothed.sum()
             parts.append(ce)
             total = total + ce_weight * ce
             if wants_grad:
-                grad.add_(log_probs_1.exp(), alpha=ce_weight)
-                grad.scatter_add_(-1, labels[:, None], logits.new_full((len(labels), 1), -ce_weight * (1 - label_smoothing)))
+                row_weight = labelled.to(logits.dtype) * ce_weight
+                grad.addcmul_(log_probs_1.exp(), row_weight)
+                grad.scatter_add_(-1, safe_labels, -row_weight * (1 - label_smoothing))
                 if label_smoothing:
-                    grad.sub_(ce_weight * label_smoothing / vocab)
+                    grad.sub_(row_weight * (label_smoothing / vocab))
         if kd_weight:
             if temperature == 1 and shared == vocab and log_probs_1 is not None:
                 student_log_probs = log_probs_1

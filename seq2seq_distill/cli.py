@@ -3,8 +3,9 @@ thin launchers in ``scripts/`` (which run under ``torchrun``).
 
 Every command is parsed by ``HfArgumentParser``, so every ``TrainingArguments`` flag works and both
 ``--num_encoder_layers`` and ``--num-encoder-layers`` are accepted. A JSON or YAML config file holds the same names
-as the flags; the flags override it. Keys no command knows are errors; keys another command uses are ignored, so
-one config file can serve ``train_teacher``, ``distill``, ``benchmark`` and ``pipeline``.
+as the flags; the flags override it. Keys and flags no command knows are errors; those another command uses are
+ignored (a flag with a note), so one config file or one copied command line can serve ``train_teacher``,
+``distill``, ``benchmark`` and ``pipeline``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .arguments import (
 )
 from .errors import InputError, NonFiniteLossError
 from .guards import TrainingInterrupted
+from .processes import is_main_process
 
 logger = logging.getLogger("seq2seq_distill")
 
@@ -137,47 +139,54 @@ class Command:
     output_dir_default: str
 
 
+def _say(message: str) -> None:
+    """A result line: printed by the main process only (under torchrun the others did not write what it names)."""
+    if is_main_process():
+        print(message)
+
+
 def _run_train_teacher(parsed):
     from .pipeline import train_teacher
 
     run = train_teacher(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[PipelineArguments])
-    print(f"teacher saved to {run.path}")
+    _say(f"teacher saved to {run.path}")
 
 
 def _run_make_student(parsed):
     from .pipeline import make_student
 
     path = make_student(parsed[ModelArguments], parsed[_TRAINING], parsed[_TRAINING].output_dir)
-    print(f"student saved to {path}")
+    _say(f"student saved to {path}")
 
 
 def _run_distill(parsed):
     from .pipeline import distill
 
     run = distill(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING])
-    print(f"distilled student saved to {run.path}")
+    what = "distilled student" if run.name == "distilled" else "baseline student (CE only: no distillation term is on)"
+    _say(f"{what} saved to {run.path}")
 
 
 def _run_cache_teacher(parsed):
     from .pipeline import cache_teacher
 
     path = cache_teacher(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[CacheArguments])
-    print(f"teacher cache written to {path}; distill from it with --teacher_cache {path} --student PATH")
+    _say(f"teacher cache written to {path}; distill from it with --teacher_cache {path} --student PATH")
 
 
 def _run_pseudo_label(parsed):
     from .pipeline import pseudo_label
 
     path = pseudo_label(parsed[ModelArguments], parsed[DataArguments], parsed[PseudoLabelArguments])
-    print(f"pseudo-labelled dataset saved to {path}; distill it with --dataset_local_path {path}")
+    _say(f"pseudo-labelled dataset saved to {path}; distill it with --dataset_local_path {path}")
 
 
 def _run_benchmark(parsed):
     from .benchmark import benchmark_command
 
     results = benchmark_command(parsed[ModelArguments], parsed[DataArguments], parsed[BenchmarkArguments])
-    print(results["verdict"])
-    print(f"report: {os.path.join(parsed[BenchmarkArguments].benchmark_output_dir, 'benchmark_report.md')}")
+    _say(results["verdict"])
+    _say(f"report: {os.path.join(parsed[BenchmarkArguments].benchmark_output_dir, 'benchmark_report.md')}")
 
 
 def _run_pipeline(parsed):
@@ -187,8 +196,8 @@ def _run_pipeline(parsed):
     results = run_pipeline(
         parsed[ModelArguments], parsed[DataArguments], training_args, parsed[PipelineArguments], parsed[BenchmarkArguments]
     )
-    print(results["verdict"])
-    print(f"report: {os.path.join(training_args.output_dir, 'benchmark', 'benchmark_report.md')}")
+    _say(results["verdict"])
+    _say(f"report: {os.path.join(training_args.output_dir, 'benchmark', 'benchmark_report.md')}")
 
 
 _TRAINING = Seq2SeqDistillationTrainingArguments
@@ -377,10 +386,17 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
     config_path = _flag_value(argv, "config")
     file_values = read_config_file(config_path) if config_path else {}
     given = set(file_values) | {_flag_name(arg) for arg in argv if arg.startswith("--")}
-    if not config_path and not given & set(DATA_SOURCE_KEYS):
-        known = _destinations(parser)
-        preset = embedded_defaults(_flag_value(argv, "model_type"))
-        parser.set_defaults(**{key: value for key, value in preset.items() if key in known})
+    known = _destinations(parser)
+    preset = {key: value for key, value in embedded_defaults(_flag_value(argv, "model_type")).items() if key in known}
+    if any(arg in ("-h", "--help") for arg in argv):
+        # Help shows the defaults of a real run; what the embedded default changes is listed apart.
+        changes = ", ".join(f"--{key} {value}" for key, value in preset.items())
+        parser.epilog = (
+            "Without --dataset, --dataset_local_path, --teacher, --teacher_local_path or --config, the command runs the "
+            f"embedded default (stdlib docstrings, a small teacher from scratch), which changes: {changes}."
+        )
+    elif not config_path and not given & set(DATA_SOURCE_KEYS):
+        parser.set_defaults(**preset)
     if file_values:
         parser.set_defaults(**config_defaults(file_values, parser, command))
     try:
@@ -393,12 +409,34 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise InputError(f"invalid {command.name} settings: {reason}; fix that flag or config key") from None
     if remaining:
+        remaining = _ignore_other_commands_flags(remaining, parser, command)
+    if remaining:
         flag = next((item for item in remaining if item.startswith("-")), remaining[0])
         close = difflib.get_close_matches(_flag_name(flag), sorted(_destinations(parser)), n=1)
         hint = f"; did you mean --{close[0]}?" if close else f"; see seq2seq-distill {command.name} --help"
         raise InputError(f"unknown argument {flag!r} for {command.name}{hint}")
     check_values(objects)
     return {type(obj): obj for obj in objects}
+
+
+def _ignore_other_commands_flags(remaining: list[str], parser: _Parser, command: Command) -> list[str]:
+    """Flags that another command knows (``--per_device_train_batch_size`` copied from a training command into
+    ``benchmark``) are dropped with their values and one note on stderr, as config keys are; the rest is returned."""
+    own, everything = _destinations(parser), all_setting_names()
+    kept, ignored, index = [], [], 0
+    while index < len(remaining):
+        item = remaining[index]
+        index += 1
+        name = _flag_name(item)
+        if not (item.startswith("--") and name in everything and name not in own):
+            kept.append(item)
+            continue
+        ignored.append(f"--{name}")
+        while "=" not in item and index < len(remaining) and not remaining[index].startswith("--"):
+            index += 1  # its values
+    if ignored and is_main_process():
+        print(f"note: {command.name} ignores {', '.join(ignored)} (used by other commands)", file=sys.stderr)
+    return kept
 
 
 # TrainingArguments values the Trainer would only trip over mid-run (a DataLoader error, a division by zero).
@@ -461,9 +499,9 @@ def apply_dry_run(parsed: dict[type, object]) -> None:
         for key, value in DRY_RUN.items():
             if hasattr(obj, key):
                 setattr(obj, key, value)
-    training = parsed.get(_TRAINING)
-    if training is not None:
-        training.output_dir = training.output_dir.rstrip("/") + "-dry-run"
+    for obj in parsed.values():  # the training arguments', or pseudo_label's own
+        if isinstance(getattr(obj, "output_dir", None), str):
+            obj.output_dir = obj.output_dir.rstrip("/") + "-dry-run"
     benchmark = parsed.get(BenchmarkArguments)
     if benchmark is not None:
         benchmark.benchmark_output_dir = benchmark.benchmark_output_dir.rstrip("/") + "-dry-run"
@@ -542,7 +580,8 @@ def _configure_logging() -> None:
     import transformers
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
-    logging.getLogger("seq2seq_distill").setLevel(logging.INFO)
+    # Under torchrun the other processes do the same work: their INFO lines would repeat the main process's.
+    logging.getLogger("seq2seq_distill").setLevel(logging.INFO if is_main_process() else logging.WARNING)
     transformers.logging.set_verbosity_warning()
     datasets.logging.set_verbosity_warning()
 

@@ -9,18 +9,24 @@ Tokenization goes through ``datasets.map`` and is cached by ``datasets`` for fil
 from __future__ import annotations
 
 import codecs
+import csv
+import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetsError
 from pyarrow.lib import ArrowException
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from .arguments import DataArguments
+from .arguments import DEFAULT_VALIDATION_FRACTION, DataArguments
 from .errors import InputError
 from .stdlib_corpus import build_classification_corpus, build_summarization_corpus
 
@@ -43,26 +49,40 @@ class PreparedData:
     raw: DatasetDict
     tokenized: DatasetDict
     task: str
-    input_column: str
+    input_columns: list[str]
     target_column: str | None
     label_names: list[str] | None = None
+    input_separator: str = "\n"
+
+    def source_texts(self, split: str) -> list[str]:
+        """The inputs of a split as one text each (several input columns joined), for reports and tokenizers."""
+        return joined_inputs(self.raw[split], self.input_columns, self.input_separator)
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
 
 
-def load_raw_splits(data_args: DataArguments, task: str) -> DatasetDict:
-    """train / validation / test splits of the configured source, subsets applied, none empty."""
+def load_raw_splits(
+    data_args: DataArguments, task: str, *, evaluates: bool = True, known_labels: dict[str, int] | None = None
+) -> DatasetDict:
+    """train / validation / test splits of the configured source, checked, subsets applied, none empty.
+
+    Columns, their types and the labels are checked before any split is carved or any progress bar starts, so bad
+    input shows only its error. ``evaluates``: whether the command reads the validation split; without it (and
+    without an explicit --validation_fraction) no training rows are held out for one.
+    """
+    origins: dict[str, str] = {}
     if data_args.dataset_local_path:
-        raw = _load_local(data_args.dataset_local_path, data_args.dataset_column_names)
+        raw, origins = _load_local(data_args.dataset_local_path, data_args.dataset_column_names)
     elif data_args.dataset:
         raw = _load_hub(data_args.dataset, data_args.dataset_config)
     else:
         raw = DatasetDict({"train": embedded_dataset(task)})
     raw = _canonical_splits(raw)
-    raw = _carve_missing_splits(raw, data_args, data_args.split_seed)
+    check_columns(raw, data_args, task, known_labels, origins)
+    raw = _carve_missing_splits(raw, data_args, evaluates)
     for split, size in (("train", data_args.train_size), ("validation", data_args.val_size), ("test", data_args.test_size)):
-        if size is not None and size < len(raw[split]):
+        if split in raw and size is not None and size < len(raw[split]):
             raw[split] = raw[split].select(range(size))
     for split, dataset in raw.items():
         if len(dataset) == 0:
@@ -77,21 +97,24 @@ def embedded_dataset(task: str) -> Dataset:
     return Dataset.from_list(build_summarization_corpus())
 
 
-def _load_local(path: str, column_names: Sequence[str] | None) -> DatasetDict:
+def _load_local(path: str, column_names: Sequence[str] | None) -> tuple[DatasetDict, dict[str, str]]:
+    """The splits of a local source and, per split, the file it came from (for messages)."""
     if not os.path.exists(path):
         raise InputError(f"--dataset_local_path {path!r} does not exist; give a folder saved with save_to_disk or a data file")
     if os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, marker)) for marker in ("dataset_dict.json", "dataset_info.json", "state.json")
     ):
         try:
-            loaded = load_from_disk(path)
+            with quiet_datasets():
+                loaded = load_from_disk(path)
         except (*LOADER_ERRORS, OSError) as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise InputError(
                 f"{path!r} looks like a folder saved with save_to_disk but could not be read ({reason}); save it again "
                 "with DatasetDict.save_to_disk, or pass the data file itself"
             ) from None
-        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        loaded = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        return loaded, {split: path for split in loaded}
     files = _split_files(path)
     for split, file in files.items():
         if os.path.getsize(file) == 0 or not _has_content(file):
@@ -100,14 +123,15 @@ def _load_local(path: str, column_names: Sequence[str] | None) -> DatasetDict:
     if len(extensions) != 1:
         raise InputError(f"data files under {path!r} mix formats ({', '.join(sorted(extensions))}); use one format")
     extension = extensions.pop()
+    file_format = FILE_FORMATS[extension]
     options = {}
     if extension == ".tsv":
         options["delimiter"] = "\t"
     if column_names:
-        if FILE_FORMATS[extension] != "csv":
+        if file_format != "csv":
             raise InputError("--dataset_column_names applies to headerless csv / tsv files only")
         options["column_names"] = list(column_names)
-    if FILE_FORMATS[extension] != "parquet":  # pyarrow's json reader accepts bad bytes and fails later, on access
+    if file_format != "parquet":  # pyarrow's json reader accepts bad bytes and fails later, on access
         for split, file in files.items():
             offset = _non_utf8_offset(file)
             if offset is not None:
@@ -115,38 +139,132 @@ def _load_local(path: str, column_names: Sequence[str] | None) -> DatasetDict:
                     f"the {split} file {file!r} is not UTF-8 text (invalid byte at offset {offset}); re-encode it as "
                     "UTF-8, e.g. iconv -f latin1 -t utf-8"
                 )
+    # One file at a time: each split keeps its own columns (loaded together, datasets fills a column that one file
+    # lacks with empty values, or fails on the file order), and a failure names its file.
+    loaded = {}
+    for split, file in files.items():
+        try:
+            with quiet_datasets():
+                loaded[split] = load_dataset(file_format, data_files={split: file}, split=split, **options)
+        except LOADER_ERRORS as error:
+            raise _unreadable(split, file, file_format, options, error) from None
+    return DatasetDict(loaded), dict(files)
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No ``datasets`` log lines or progress bars while a user's files are read: a bad file shows only our line.
+
+    Reading local files is quick next to tokenizing them, whose progress bar (``tokenizing train``) stays on.
+    """
+    bars_on = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL + 1)  # its loaders log a failure at ERROR, then raise it
     try:
-        return load_dataset(FILE_FORMATS[extension], data_files=files, **options)
-    except LOADER_ERRORS as error:
-        raise _unreadable(path, files, options, error) from None
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_on:
+            datasets.enable_progress_bars()
 
 
 # What the csv / json / parquet loaders raise on a malformed file (UnicodeDecodeError, pandas' ParserError and
 # ArrowInvalid are ValueErrors); caught only around load_dataset / load_from_disk of the user's own files.
 LOADER_ERRORS = (DatasetsError, ArrowException, ValueError)
+FORMAT_HINTS = {
+    "json": "a .jsonl file holds one JSON object per line",
+    "csv": "a .csv / .tsv file has a header and at most as many fields on each row; quote fields holding the delimiter",
+    "parquet": "write it with pandas or pyarrow",
+}
 
 
-def _unreadable(path: str, files: dict[str, str], options: dict, error: Exception) -> InputError:
-    """One line naming the file that could not be read and why, instead of the loaders' deep traceback."""
-    culprit = next(iter(files.items())) if len(files) == 1 else _failing_file(files, options)
-    where = f"the {culprit[0]} file {culprit[1]!r}" if culprit else f"the data files under {path!r}"
-    cause = (error.__cause__ or error.__context__) if isinstance(error, DatasetsError) else error
-    reason = (str(cause or error).strip().splitlines() or [type(error).__name__])[0]
-    if "corresponds to no data" in reason:
-        return InputError(f"{where} has no rows; add examples (a csv / tsv file needs a header line and at least one row)")
-    return InputError(
-        f"could not read {where}: {reason}; fix the file (.jsonl: one JSON object per line; .csv / .tsv: a header and "
-        "the same number of fields on every row; .parquet: written by pandas or pyarrow)"
-    )
+def _unreadable(split: str, file: str, file_format: str, options: dict, error: Exception) -> InputError:
+    """One line naming the file that could not be read, the line (1-based, as an editor shows it) and why."""
+    where = f"the {split} file {file!r}"
+    problem = _first_bad_line(file, file_format, options)
+    if problem is None:
+        cause = (error.__cause__ or error.__context__) if isinstance(error, DatasetsError) else error
+        reason = (str(cause or error).strip().splitlines() or [type(error).__name__])[0]
+        if "corresponds to no data" in reason:
+            return InputError(f"{where} has no rows; add examples (a csv / tsv file needs a header line and at least one row)")
+        problem = re.sub(r"\s+", " ", reason)
+    return InputError(f"could not read {where}: {problem}; fix the file ({FORMAT_HINTS[file_format]})")
 
 
-def _failing_file(files: dict[str, str], options: dict) -> tuple[str, str] | None:
-    """The first (split, file) that fails on its own, to name it; only called after a failed load."""
-    for split, file in files.items():
+def _first_bad_line(file: str, file_format: str, options: dict) -> str | None:
+    """Where and why a json / csv file is malformed, by our own reading (the loaders count rows from 0, or not at all).
+
+    Only called after a loader failed, so reading the file once more costs nothing on good files.
+    """
+    if file_format == "json":
+        return _first_bad_json_line(file)
+    if file_format == "csv":
+        return _first_bad_csv_line(file, options.get("delimiter", ","), options.get("column_names"))
+    return None
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def _first_bad_json_line(file: str) -> str | None:
+    with open(file, encoding="utf-8") as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):  # one JSON document: an array of records
         try:
-            load_dataset(FILE_FORMATS[os.path.splitext(file)[1].lower()], data_files={split: file}, **options)
-        except LOADER_ERRORS:
-            return split, file
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"line {error.lineno} is not valid JSON ({error.msg}: column {error.colno})"
+        for index, record in enumerate(document if isinstance(document, list) else [], start=1):
+            if not isinstance(record, dict):
+                return f"element {index} of its top-level array is a JSON {_json_kind(record)}, not an object"
+        return None
+    first_seen: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"line {number} is not valid JSON ({error.msg}: column {error.colno}; a record cut off?)"
+        if not isinstance(record, dict):
+            return f"line {number} is a JSON {_json_kind(record)}, not an object"
+        for key, value in record.items():
+            kind = _json_kind(value)
+            if kind == "null":
+                continue
+            seen = first_seen.setdefault(key, (kind, number))
+            if seen[0] != kind:
+                return f"line {number}: field {key!r} is a {kind} there but a {seen[0]} on line {seen[1]}"
+    return None
+
+
+def _first_bad_csv_line(file: str, delimiter: str, column_names: Sequence[str] | None) -> str | None:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one field are fine
+    with open(file, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, strict=True)
+        expected = len(column_names) if column_names else None
+        start = 1
+        try:
+            for record in reader:
+                if record:
+                    if expected is None:
+                        expected = len(record)
+                    elif len(record) > expected:
+                        source = "--dataset_column_names" if column_names else "the header"
+                        return f"line {start} has {len(record)} fields but {source} has {expected}"
+                start = reader.line_num + 1
+        except csv.Error as error:
+            if "unexpected end of data" in str(error):
+                return f"the quote opened on line {start} is never closed"
+            return f"line {start}: {error}"
     return None
 
 
@@ -224,43 +342,117 @@ def _canonical_splits(raw: DatasetDict) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def _carve_missing_splits(raw: DatasetDict, data_args: DataArguments, seed: int) -> DatasetDict:
-    """Validation and test split off train, seeded, when the source has none."""
-    for split, fraction in (("test", data_args.test_fraction), ("validation", data_args.validation_fraction)):
-        if split in raw:
+def _carve_missing_splits(raw: DatasetDict, data_args: DataArguments, evaluates: bool) -> DatasetDict:
+    """Test, then validation, split off train (seeded) when the source has none.
+
+    Test is carved first and whatever the command, so every command of a config holds out the same test rows.
+    A validation split is carved only when the command evaluates on it or ``--validation_fraction`` asks for one;
+    a fraction of 0 carves nothing.
+    """
+    validation_fraction = data_args.validation_fraction
+    if validation_fraction is None:
+        validation_fraction = DEFAULT_VALIDATION_FRACTION if evaluates else 0.0
+    for split, fraction in (("test", data_args.test_fraction), ("validation", validation_fraction)):
+        if split in raw or fraction == 0:
             continue
-        if fraction <= 0 or len(raw["train"]) < 3:
-            raise InputError(f"the data has no {split} split and too little train data to carve one; add a {split} file")
-        parts = raw["train"].train_test_split(test_size=fraction, seed=seed, shuffle=True)
+        if len(raw["train"]) < 3 or round(fraction * len(raw["train"])) < 1:
+            raise InputError(
+                f"the data has no {split} split and its {len(raw['train'])} train rows are too few to carve {fraction:.0%} "
+                f"out of; add a {split} file or raise --{split}_fraction"
+            )
+        parts = raw["train"].train_test_split(test_size=fraction, seed=data_args.split_seed, shuffle=True)
         raw["train"], raw[split] = parts["train"], parts["test"]
-        logger.info("carved a %s split of %d examples out of train (seed %d)", split, len(raw[split]), seed)
-    return DatasetDict({split: raw[split] for split in ("train", "validation", "test")})
+        logger.info("carved a %s split of %d examples out of train (seed %d)", split, len(raw[split]), data_args.split_seed)
+    if evaluates and "validation" not in raw:
+        raise InputError(
+            "this run evaluates on a validation split, but the data has none and --validation_fraction is 0: add a "
+            "validation file, raise --validation_fraction, or set --eval_strategy no"
+        )
+    return DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
 
 
 # ---- columns and labels ----------------------------------------------------------------------------------------
 
 
-def resolve_columns(raw: DatasetDict, data_args: DataArguments, task: str) -> tuple[str, str | None]:
-    """The input and target column names, checked against every split."""
+def resolve_columns(
+    raw: DatasetDict, data_args: DataArguments, task: str, origins: dict[str, str] | None = None
+) -> tuple[list[str], str | None]:
+    """The input columns and the target column, checked against every split."""
     columns = raw["train"].column_names
     listing = ", ".join(columns)
-    input_column = data_args.dataset_input_column or _first_present(INPUT_COLUMN_GUESSES, columns)
-    if input_column is None:
-        raise InputError(f"no input column found; columns are: {listing}. Set --dataset_input_column")
+    if data_args.dataset_input_column:
+        input_columns = list(dict.fromkeys(data_args.dataset_input_column))
+    else:
+        guess = _first_present(INPUT_COLUMN_GUESSES, columns)
+        if guess is None:
+            raise InputError(f"no input column found; columns are: {listing}. Set --dataset_input_column")
+        input_columns = [guess]
     target_column = data_args.dataset_target_column or _first_present(TARGET_COLUMN_GUESSES[task], columns)
     if target_column is None and task != "causal_lm":
         raise InputError(f"no target column found; columns are: {listing}. Set --dataset_target_column")
-    for flag, column in (("--dataset_input_column", input_column), ("--dataset_target_column", target_column)):
+    flags = [("--dataset_input_column", column) for column in input_columns]
+    for flag, column in [*flags, ("--dataset_target_column", target_column)]:
         if column is None:
             continue
         for split, dataset in raw.items():
             if column not in dataset.column_names:
+                origin = (origins or {}).get(split)
+                where = f"the {split} file {origin!r}" if origin and os.path.isfile(origin) else f"the {split} split"
                 raise InputError(
-                    f"column {column!r} not in the {split} split; columns are: {', '.join(dataset.column_names)}. Set {flag}"
+                    f"column {column!r} is missing from {where}; its columns are: {', '.join(dataset.column_names)}. "
+                    f"Add the column there or set {flag}"
                 )
-    if input_column == target_column:
-        raise InputError(f"input and target are the same column {input_column!r}; set --dataset_target_column")
-    return input_column, target_column
+    if target_column in input_columns:
+        raise InputError(f"input and target are the same column {target_column!r}; set --dataset_target_column")
+    return input_columns, target_column
+
+
+def check_columns(
+    raw: DatasetDict,
+    data_args: DataArguments,
+    task: str,
+    known_labels: dict[str, int] | None = None,
+    origins: dict[str, str] | None = None,
+) -> tuple[list[str], str | None, list[str] | None]:
+    """Columns present in every split, of a usable type, inputs not all empty, labels valid: before any heavy work.
+
+    Returns the input columns, the target column and, for classification, the label names in id order.
+    """
+    input_columns, target_column = resolve_columns(raw, data_args, task, origins)
+    for split, dataset in raw.items():
+        for column in input_columns:
+            _check_type(dataset, column, split, "--dataset_input_column", text_only=True)
+        if target_column is not None:
+            _check_type(dataset, target_column, split, "--dataset_target_column", text_only=task != "classification")
+        if all(_all_empty(dataset, column) for column in input_columns):
+            named = ", ".join(repr(column) for column in input_columns)
+            raise InputError(
+                f"input column {named} is empty in every row of the {split} split; fill it in or choose another column "
+                f"with --dataset_input_column (columns: {', '.join(dataset.column_names)})"
+            )
+    label_names = label_names_of(raw, target_column, known_labels) if task == "classification" else None
+    return input_columns, target_column, label_names
+
+
+def _check_type(dataset: Dataset, column: str, split: str, flag: str, *, text_only: bool) -> None:
+    """Text columns hold strings; a label column strings or integers (a ClassLabel is integers with names)."""
+    feature = dataset.features[column]
+    if isinstance(feature, ClassLabel) and not text_only:
+        return
+    if isinstance(feature, Value):
+        if feature.dtype in ("string", "large_string", "null"):
+            return
+        if not text_only and (feature.dtype.startswith(("int", "uint")) or feature.dtype == "bool"):
+            return
+        if not text_only and feature.dtype.startswith("float"):  # a column of integers with gaps reads as float
+            return
+        kind = f"{feature.dtype} values"
+    elif isinstance(feature, dict):
+        kind = "objects"
+    else:
+        kind = "lists" if "List" in type(feature).__name__ or "Sequence" in type(feature).__name__ else type(feature).__name__
+    wanted = "text" if text_only else "labels (strings or integers)"
+    raise InputError(f"column {column!r} of the {split} split holds {kind}, not {wanted}; choose another column with {flag}")
 
 
 def _first_present(candidates: Sequence[str], columns: Sequence[str]) -> str | None:
@@ -268,8 +460,29 @@ def _first_present(candidates: Sequence[str], columns: Sequence[str]) -> str | N
 
 
 def _unlabelled(value) -> bool:
-    """GLUE-style test splits mark rows without a label with -1 (any negative integer): not a class."""
-    return isinstance(value, int) and not isinstance(value, bool) and value < 0
+    """A row without a label: -1 (GLUE test splits; any negative integer, also as text), empty text, None or NaN.
+
+    Such rows are not a class: they take no part in CE, and are still distilled (KD needs no label).
+    """
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value < 0
+    if isinstance(value, float):
+        return math.isnan(value) or value < 0
+    if isinstance(value, str):
+        text = value.strip()
+        return not text or bool(re.fullmatch(r"-\d+", text))
+    return False
+
+
+def _label_name(value) -> str:
+    """Labels read as floats (an integer column with empty cells) are named like the integers they are."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip() if isinstance(value, str) else str(value)
 
 
 def label_names_of(raw: DatasetDict, target_column: str, known: dict[str, int] | None = None) -> list[str]:
@@ -280,17 +493,15 @@ def label_names_of(raw: DatasetDict, target_column: str, known: dict[str, int] |
     distinct = {}
     for split in raw.values():
         for value in split[target_column]:
-            if value is not None and not isinstance(value, (str, int, float)):
+            if not isinstance(value, (str, int, float, type(None))):
                 raise InputError(
                     f"column {target_column!r} holds {type(value).__name__} values, not labels; labels must be strings "
                     "or integers: set --dataset_target_column"
                 )
             if not _unlabelled(value):
-                distinct.setdefault(value, value)
-    values = sorted(distinct.values(), key=lambda v: (str(type(v)), v))
-    if any(value is None or value == "" or (isinstance(value, float) and math.isnan(value)) for value in values):
-        raise InputError(f"column {target_column!r} has empty labels; drop those rows or fill them in")
-    names = [str(value) for value in values]
+                name = _label_name(value)
+                distinct.setdefault(name, (str(type(value)), int(value) if isinstance(value, float) else value))
+    names = sorted(distinct, key=lambda name: distinct[name])
     if known:
         unknown = [name for name in names if name not in known]
         if unknown:
@@ -299,6 +510,11 @@ def label_names_of(raw: DatasetDict, target_column: str, known: dict[str, int] |
                 "relabel the data or fine-tune the teacher on it"
             )
         return [name for name, _ in sorted(known.items(), key=lambda item: item[1])]
+    if not names:
+        raise InputError(
+            f"column {target_column!r} has no label in any row (all -1 or empty); a teacher with a trained head can "
+            "distill unlabelled rows, but the label set must come from somewhere: label some rows or pass such a teacher"
+        )
     return names
 
 
@@ -321,23 +537,14 @@ def prepare_data(
     label2id: dict[str, int] | None = None,
 ) -> PreparedData:
     """Tokenize every split for ``task``; classification labels become ids (names kept in ``label_names``)."""
-    input_column, target_column = resolve_columns(raw, data_args, task)
-    for split, dataset in raw.items():  # empty targets are caught after tokenization (truncation can empty them too)
-        if _all_empty(dataset, input_column):
-            raise InputError(
-                f"input column {input_column!r} is empty in every row of the {split} split; fill it in or choose "
-                f"another column with --dataset_input_column (columns: {', '.join(dataset.column_names)})"
-            )
-    label_names = None
-    if task == "classification":
-        label_names = label_names_of(raw, target_column, label2id)
+    input_columns, target_column, label_names = check_columns(raw, data_args, task, label2id)
     tokenized = DatasetDict(
         {
-            split: _tokenize_split(dataset, tokenizer, task, data_args, input_column, target_column, label_names, split)
+            split: _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_column, label_names, split)
             for split, dataset in raw.items()
         }
     )
-    return PreparedData(raw, tokenized, task, input_column, target_column, label_names)
+    return PreparedData(raw, tokenized, task, input_columns, target_column, label_names, data_args.input_column_separator)
 
 
 def _all_empty(dataset: Dataset, column: str) -> bool:
@@ -348,14 +555,35 @@ def _all_empty(dataset: Dataset, column: str) -> bool:
     return True
 
 
-def _tokenize_split(dataset, tokenizer, task, data_args, input_column, target_column, label_names, split) -> Dataset:
+def joined_inputs(batch, columns: Sequence[str], separator: str) -> list[str]:
+    """One text per row from several input columns (a dataset or a ``map`` batch), in the order given."""
+    texts = [[_text(value, column) for value in batch[column]] for column in columns]
+    return [separator.join(parts) for parts in zip(*texts, strict=True)]
+
+
+def _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_column, label_names, split) -> Dataset:
     prefix = data_args.source_prefix
     label_ids = {name: index for index, name in enumerate(label_names or [])}
+    class_label = target_column is not None and isinstance(dataset.features[target_column], ClassLabel)
+    # Two input columns of a classifier are a text pair, as run_glue.py reads sentence1 / sentence2.
+    as_pair = task == "classification" and len(input_columns) == 2
     if task == "causal_lm" and tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no end-of-sequence token, which causal-LM completions need; add one")
 
+    def label_id(value) -> int:
+        if _unlabelled(value):
+            return -100
+        return int(value) if class_label else label_ids[_label_name(value)]
+
     def encode(batch):
-        inputs = [prefix + _text(text, input_column) for text in batch[input_column]]
+        if as_pair:
+            first, second = ([_text(value, column) for value in batch[column]] for column in input_columns)
+            features = tokenizer(
+                [prefix + text for text in first], second, max_length=data_args.max_source_length, truncation=True
+            )
+            features["labels"] = [label_id(value) for value in batch[target_column]]
+            return features
+        inputs = [prefix + text for text in joined_inputs(batch, input_columns, data_args.input_column_separator)]
         if task == "seq2seq":
             features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
             targets = [_text(text, target_column) for text in batch[target_column]]
@@ -365,7 +593,7 @@ def _tokenize_split(dataset, tokenizer, task, data_args, input_column, target_co
             return features
         if task == "classification":
             features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
-            features["labels"] = [-100 if _unlabelled(value) else label_ids[str(value)] for value in batch[target_column]]
+            features["labels"] = [label_id(value) for value in batch[target_column]]
             return features
         return _encode_causal(batch, inputs, tokenizer, data_args, target_column)
 

@@ -6,6 +6,8 @@ import importlib.util
 import logging
 import os
 import pickle
+import re
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -17,7 +19,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import CONFIG_NAME
 
+from .checkpoints import CHECKPOINTS_DIR, latest_complete_checkpoint
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -86,6 +91,47 @@ def resolve_model_path(name_or_path: str, flag: str = "--teacher") -> str:
     return name_or_path
 
 
+def not_a_model_folder(path: str, flag: str) -> InputError:
+    """One line naming a folder that holds no model and what it holds instead, with the fix.
+
+    The common case is the output folder of a run that stopped before its end: it holds only ``checkpoints/``,
+    each ``checkpoint-N`` of which is a loadable model.
+    """
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    checkpoints = os.path.join(path, CHECKPOINTS_DIR)
+    if os.path.isdir(checkpoints) or any(re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name) for name in entries):
+        folder = checkpoints if os.path.isdir(checkpoints) else path
+        newest = latest_complete_checkpoint(folder, warn=False)
+        inside = f"only {CHECKPOINTS_DIR}/" if os.path.isdir(checkpoints) else "only checkpoint folders"
+        choice = f"pass {newest}" if newest else "pass a checkpoint-N folder"
+        return InputError(
+            f"{flag} {path!r} holds no model, {inside} (a run that did not finish); {choice}, or finish the run with "
+            "--resume_from_checkpoint latest"
+        )
+    if not entries:
+        return InputError(f"{flag} {path!r} is an empty folder, not a saved model; give a folder written by save_pretrained")
+    listing = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    return InputError(
+        f"{flag} {path!r} holds no model (no config.json; it has: {listing}); give a folder written by save_pretrained"
+    )
+
+
+def load_config(name_or_path: str, *, flag: str = "--teacher", trust_remote_code: bool = False):
+    """The config of a hub name or local folder (no weights read); a folder without a model is one clear error."""
+    path = resolve_model_path(name_or_path, flag)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        raise not_a_model_folder(path, flag)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if os.path.isdir(path):
+            raise not_a_model_folder(path, flag) from None
+        raise _hub_error(name_or_path, error, flag) from None
+    except ValueError as error:  # a config.json without a model_type, or of an architecture this install lacks
+        reason = " ".join(str(error).split()).split(". ")[0]
+        raise InputError(f"{flag} {path!r}: its config.json cannot be read ({reason}); save the model there again") from None
+
+
 def _hub_error(name_or_path: str, error: Exception, flag: str) -> InputError:
     return InputError(
         f"could not load {name_or_path!r} ({flag}) from the Hugging Face Hub ({type(error).__name__}); this machine may "
@@ -99,6 +145,8 @@ def load_tokenizer(name_or_path: str, *, flag: str = "--teacher", trust_remote_c
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as error:
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            raise not_a_model_folder(path, flag) from None
         if os.path.isdir(path):
             raise InputError(f"{flag} {path!r} has no tokenizer files; pass --custom_tokenizer_local_path") from None
         raise _hub_error(name_or_path, error, flag) from None
@@ -119,12 +167,7 @@ def load_model(
     flag = kwargs.pop("flag", "--teacher")
     config_overrides = kwargs.pop("config_overrides", None) or {}
     path = resolve_model_path(name_or_path, flag)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        if os.path.isdir(path):
-            raise InputError(f"{flag} {path!r} is not a model folder (no config.json)") from None
-        raise _hub_error(name_or_path, error, flag) from None
+    config = load_config(path, flag=flag, trust_remote_code=trust_remote_code)
     for name, value in config_overrides.items():  # e.g. the data's labels for a head that is not trained yet
         setattr(config, name, value)
     task = task or task_of_config(config)
@@ -243,3 +286,45 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
         f"vocabulary mismatch: the student has {student_rows} vocabulary rows but the teacher has {teacher_rows} "
         f"({hint}); distill between models that share a tokenizer"
     )
+
+
+# ---- which logit row predicts which label ----------------------------------------------------------------------
+
+
+@dataclass
+class LogitRows:
+    """The task's row convention, defined here once for the trainer, the teacher cache and the benchmark.
+
+    ``distill`` marks the rows that logit distillation compares (KD needs no label), ``labelled`` the subset whose
+    label is known (CE), and ``labels`` holds the label of each row, aligned with the masks (-100 where none).
+    """
+
+    distill: torch.Tensor
+    labelled: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def logit_rows(task: str, labels: torch.Tensor | None, attention_mask: torch.Tensor) -> LogitRows:
+    """Which rows of a batch's logits are trained on, and against which labels.
+
+    - seq2seq: decoder position t predicts ``labels[:, t]``; masks ``[B, T]``, where the label is not -100.
+    - causal LM: position t predicts token t + 1, so the masks are ``[B, T - 1]`` over ``logits[:, :-1]`` against
+      ``labels[:, 1:]``; without labels, every next non-padding token of the text.
+    - classification: one row per example, masks ``[B]``. Every example is distilled; only examples whose label is
+      not -100 (the data module's mark for an unlabelled row) enter CE.
+    """
+    attention_mask = attention_mask.bool()
+    if task == "causal_lm":
+        if labels is None:
+            mask = attention_mask[:, 1:]
+            return LogitRows(mask, mask, None)
+        labels = labels[:, 1:]
+        mask = labels != -100
+        return LogitRows(mask, mask, labels)
+    if task == "classification":
+        every = torch.ones(attention_mask.shape[0], dtype=torch.bool, device=attention_mask.device)
+        return LogitRows(every, labels != -100 if labels is not None else ~every, labels)
+    if labels is None:
+        raise InputError("seq2seq distillation needs labels to build the decoder inputs; add a 'labels' column")
+    mask = labels != -100
+    return LogitRows(mask, mask, labels)

@@ -9,15 +9,15 @@ term is CE), writes its final model and tokenizer to its output folder, Trainer 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
 from datasets import DatasetDict
 from tqdm.auto import tqdm
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .arguments import (
     TASK_OF_MODEL_TYPE,
@@ -29,16 +29,26 @@ from .arguments import (
     PseudoLabelArguments,
 )
 from .checkpoints import CHECKPOINTS_DIR, check_resume, resolve_resume
-from .data import PreparedData, collator_for, has_trained_labels, load_raw_splits, prepare_data
+from .data import (
+    PreparedData,
+    collator_for,
+    has_trained_labels,
+    joined_inputs,
+    load_raw_splits,
+    prepare_data,
+    resolve_columns,
+)
 from .errors import InputError
 from .families import family_of, num_layers, supported_model_types
 from .guards import GracefulStop, TrainingInterrupted
 from .layer_maps import check_layer_map
-from .modeling import load_model, load_tokenizer, parameter_count, resolve_model_path, task_of_model
+from .modeling import load_config, load_model, load_tokenizer, parameter_count, resolve_model_path, task_of_model
+from .processes import is_main_process
+from .reports import write_json
 from .students import create_student
 from .teacher_cache import build_teacher_cache, load_teacher_cache
 from .tiny import tiny_model, train_tokenizer
-from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
+from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer, TermPlan
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +73,8 @@ def teacher_config(model_args: ModelArguments):
     source = model_args.teacher_source
     if source is None:
         return None
-    path = resolve_model_path(source, "--teacher_local_path" if model_args.teacher_local_path else "--teacher")
-    try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
-    except OSError as error:
-        if os.path.isdir(path):
-            raise InputError(f"teacher folder {path!r} has no config.json; is it a saved model?") from None
-        raise InputError(
-            f"could not load the teacher {source!r} from the Hugging Face Hub ({type(error).__name__}); this machine "
-            "may be offline: download it where there is network and pass --teacher_local_path"
-        ) from None
+    flag = "--teacher_local_path" if model_args.teacher_local_path else "--teacher"
+    return load_config(source, flag=flag, trust_remote_code=model_args.trust_remote_code)
 
 
 def resolve_model_type_and_task(model_args: ModelArguments, config=None) -> tuple[str, str]:
@@ -101,12 +103,23 @@ def label_overrides(task: str, label_names: list[str] | None) -> dict:
     }
 
 
-def load_data(model_args: ModelArguments, data_args: DataArguments) -> tuple[str, str, DatasetDict, object]:
-    """Model type, task, raw splits and the teacher's config (validated before any weights are loaded)."""
+def load_data(
+    model_args: ModelArguments, data_args: DataArguments, *, evaluates: bool = True
+) -> tuple[str, str, DatasetDict, object]:
+    """Model type, task, raw splits and the teacher's config (validated before any weights are loaded).
+
+    ``evaluates``: whether the command reads a validation split (a training run with an eval strategy).
+    """
     config = teacher_config(model_args)
     model_type, task = resolve_model_type_and_task(model_args, config)
-    raw = load_raw_splits(data_args, task)
+    known_labels = has_trained_labels(config) if task == "classification" and config is not None else None
+    raw = load_raw_splits(data_args, task, evaluates=evaluates, known_labels=known_labels)
     return model_type, task, raw, config
+
+
+def evaluates(training_args) -> bool:
+    """Whether a training run reads the validation split."""
+    return training_args.eval_strategy != "no"
 
 
 def load_teacher_and_tokenizer(
@@ -168,9 +181,7 @@ def check_student_plan(model_args: ModelArguments, training_args, teacher_config
     """
     family = family_of(teacher_config)
     if model_args.student:
-        student_config = _student_config(model_args)
-        if student_config is not None:  # else load_model reports the missing or unreadable student itself
-            _check_student_against_teacher(student_config, teacher_config, task, training_args)
+        _check_student_against_teacher(_student_config(model_args), teacher_config, task, training_args)
         return
     allowed = {stack.count_argument for stack in family.stacks} | {stack.map_argument for stack in family.stacks}
     given = {name for name in LAYER_COUNT_NAMES if getattr(model_args, name) is not None}
@@ -192,11 +203,7 @@ def check_student_plan(model_args: ModelArguments, training_args, teacher_config
 
 
 def _student_config(model_args: ModelArguments):
-    path = resolve_model_path(model_args.student, "--student")
-    try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
-    except (OSError, ValueError):
-        return None
+    return load_config(model_args.student, flag="--student", trust_remote_code=model_args.trust_remote_code)
 
 
 def _family_key(config) -> str:
@@ -235,13 +242,6 @@ def _check_student_against_teacher(student_config, teacher_config, task: str, tr
 
 
 # ---- training --------------------------------------------------------------------------------------------------
-
-
-def is_main_process() -> bool:
-    """True in a single-process run and on global rank 0 under torchrun / accelerate launch (the one that writes)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def with_overrides(training_args, **overrides):
@@ -309,8 +309,7 @@ def train_model(
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         record = {"name": name, "final_metrics": metrics, "log_history": trainer.state.log_history}
-        with open(os.path.join(output_dir, TRAINING_METRICS_FILE), "w") as handle:
-            json.dump(record, handle, indent=2)
+        write_json(os.path.join(output_dir, TRAINING_METRICS_FILE), record)
     if stop.received is not None:  # the signal came at the very last step: finished and saved, but stop here
         raise TrainingInterrupted(stop.received, trainer.state.global_step, finished_in=output_dir)
     return TrainedModel(name, output_dir, metrics)
@@ -335,8 +334,7 @@ def validate_by_generation(model, tokenizer, data: PreparedData, args, output_di
         for mode in ("greedy", "sampled")
     }
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "validation_predictions.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json(os.path.join(output_dir, "validation_predictions.json"), results)
     return {f"validation_{mode}_{name}": value for mode, result in results.items() for name, value in result["metrics"].items()}
 
 
@@ -348,10 +346,8 @@ def scratch_teacher(
     The tokenizer is a function of the texts and the weights of ``seed``, so every run, and every process of a
     distributed run, builds the same teacher.
     """
-    from .data import resolve_columns
-
-    input_column, target_column = resolve_columns(raw, data_args, task)
-    texts = list(raw["train"][input_column])
+    input_columns, target_column = resolve_columns(raw, data_args, task)
+    texts = joined_inputs(raw["train"], input_columns, data_args.input_column_separator)
     if task != "classification" and target_column:
         texts += list(raw["train"][target_column])
     tokenizer = train_tokenizer(texts, vocab_size=model_args.scratch_vocab_size, model_type=model_type)
@@ -378,7 +374,7 @@ def scratch_teacher(
 def train_teacher(model_args, data_args, training_args, pipeline_args: PipelineArguments | None = None) -> TrainedModel:
     """Fine-tune the given teacher on the task, or train a small one from scratch when none is given."""
     check_resume(training_args)
-    model_type, task, raw, config = load_data(model_args, data_args)
+    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
     if config is None:
         teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
     else:
@@ -418,13 +414,18 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     check_resume(training_args)
     if training_args.teacher_cache:
         return distill_from_cache(model_args, data_args, training_args)
-    model_type, task, raw, config = load_data(model_args, data_args)
+    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
     check_student_plan(model_args, training_args, config, task)
     teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
     student = build_student(teacher, model_args, training_args)
-    return train_model("distilled", student, teacher, data, tokenizer, training_args, training_args.output_dir)
+    return train_model(run_name(training_args), student, teacher, data, tokenizer, training_args, training_args.output_dir)
+
+
+def run_name(training_args) -> str:
+    """A run whose only term is CE is a baseline, whatever command started it; any other is distilled."""
+    return "baseline" if TermPlan.from_settings(training_args).only_ce else "distilled"
 
 
 def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
@@ -436,17 +437,17 @@ def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
         )
     student_path = resolve_model_path(model_args.student, "--student")
     config = _student_config(model_args)
-    if config is None:
-        raise InputError(f"--student {model_args.student!r} is not a model folder (no readable config.json)")
     _, task = resolve_model_type_and_task(model_args, config)
-    raw = load_raw_splits(data_args, task)
+    known_labels = has_trained_labels(config) if task == "classification" else None
+    raw = load_raw_splits(data_args, task, evaluates=evaluates(training_args), known_labels=known_labels)
     tokenizer_source = model_args.custom_tokenizer_local_path or student_path
     tokenizer = load_tokenizer(tokenizer_source, flag="--student", trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(raw, tokenizer, task, data_args, has_trained_labels(config) if task == "classification" else None)
-    splits = ("train", "validation") if training_args.eval_strategy != "no" else ("train",)
+    data = prepare_data(raw, tokenizer, task, data_args, known_labels)
+    splits = ("train", "validation") if evaluates(training_args) else ("train",)
     cache = load_teacher_cache(training_args.teacher_cache, data, tokenizer, temperature=training_args.temperature, splits=splits)
     student = load_model(student_path, task, flag="--student", trust_remote_code=model_args.trust_remote_code)
-    return train_model("distilled", student, None, data, tokenizer, training_args, training_args.output_dir, teacher_cache=cache)
+    name = run_name(training_args)
+    return train_model(name, student, None, data, tokenizer, training_args, training_args.output_dir, teacher_cache=cache)
 
 
 def cache_teacher(model_args, data_args, training_args, cache_args: CacheArguments) -> str:
@@ -454,7 +455,8 @@ def cache_teacher(model_args, data_args, training_args, cache_args: CacheArgumen
     path = training_args.teacher_cache
     if not path:
         raise InputError("cache_teacher writes the cache to --teacher_cache PATH; give that path")
-    _, task, raw, config = load_data(model_args, data_args)
+    # The same splits as the distill run it serves: that run reads the validation split only if it evaluates.
+    _, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
     if config is None:
         raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
     teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
@@ -467,7 +469,7 @@ def cache_teacher(model_args, data_args, training_args, cache_args: CacheArgumen
         path,
         top_k=cache_args.cache_top_k,
         temperature=training_args.temperature,
-        splits=tuple(cache_args.cache_splits),
+        splits=tuple(split for split in cache_args.cache_splits if split in data.tokenized or split != "validation"),
         batch_size=training_args.per_device_eval_batch_size,
     )
 
@@ -477,10 +479,17 @@ def cache_teacher(model_args, data_args, training_args, cache_args: CacheArgumen
 
 def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
     """The teacher's outputs replace the targets of the chosen splits; the result is a dataset ``distill`` reads."""
-    if not pl_args.pseudo_label_output:
-        raise InputError("pseudo_label needs --pseudo_label_output: the folder to save the relabelled dataset to")
+    destination = pl_args.destination
+    if (
+        os.path.isdir(destination)
+        and os.listdir(destination)
+        and not os.path.isfile(os.path.join(destination, "dataset_dict.json"))
+    ):  # replaced at the end: only ever an earlier pseudo-labelled dataset, never a folder of something else
+        raise InputError(
+            f"--output_dir {destination!r} already holds files that are not a saved dataset; give a new or empty folder"
+        )
     if not is_main_process():  # under torchrun the main process labels and writes; the others have nothing to do
-        return pl_args.pseudo_label_output
+        return destination
     model_type, task, raw, config = load_data(model_args, data_args)
     if config is None:
         raise InputError("pseudo_label needs a teacher: pass --teacher or --teacher_local_path")
@@ -498,9 +507,14 @@ def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
         outputs = _teacher_outputs(teacher, tokenizer, data, split, pl_args, data_args, device)
         original = f"original_{data.target_column}"
         relabelled[split] = dataset.rename_column(data.target_column, original).add_column(data.target_column, outputs)
-    DatasetDict(relabelled).save_to_disk(pl_args.pseudo_label_output)
-    logger.info("pseudo-labelled %s saved to %s", ", ".join(pl_args.pseudo_label_splits), pl_args.pseudo_label_output)
-    return pl_args.pseudo_label_output
+    # Saved beside the destination and moved into place when complete: an interrupted run leaves no half dataset there.
+    staging = destination.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    DatasetDict(relabelled).save_to_disk(staging)
+    shutil.rmtree(destination, ignore_errors=True)
+    os.replace(staging, destination)
+    logger.info("pseudo-labelled %s saved to %s", ", ".join(pl_args.pseudo_label_splits), destination)
+    return destination
 
 
 @torch.no_grad()
@@ -544,7 +558,7 @@ def run_pipeline(model_args, data_args, training_args, pipeline_args, benchmark_
         raise InputError(
             "pipeline runs several trainings; resume the one that stopped with train_teacher / distill and its output folder"
         )
-    model_type, task, raw, config = load_data(model_args, data_args)
+    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
     if config is None:
         teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
         check_student_plan(model_args, training_args, teacher.config, task)

@@ -11,6 +11,9 @@ space) and entropy (over-confident predictions).
 
 On-policy distillation (GKD) instead replaces the completions of some batches with the student's own samples and
 applies the usual divergence to the teacher on them. Everything here is a plain function; the trainer calls them.
+
+Randomness: every sampling call gets its own generator, seeded by :func:`sampling_seed` from the run's seed, the
+optimizer step, the kind of draw and the micro-batch index, so a resumed run samples what it would have.
 """
 
 from __future__ import annotations
@@ -36,6 +39,35 @@ def prompts_of(input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int)
     return prompt_ids, prompt_mask
 
 
+# The kinds of draw a step makes; each has its own generators, so no two can share a stream.
+SAMPLING_STREAMS = ("on_policy_draws", "on_policy", "policy_gradient")
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(value: int) -> int:
+    """MurmurHash3's 32-bit finalizer: an invertible scramble of 32-bit integers (distinct in, distinct out)."""
+    value &= _MASK32
+    value ^= value >> 16
+    value = (value * 0x85EBCA6B) & _MASK32
+    value ^= value >> 13
+    value = (value * 0xC2B2AE35) & _MASK32
+    return value ^ (value >> 16)
+
+
+def sampling_seed(run_seed: int, step: int, stream: str, index: int, slots: int) -> int:
+    """The generator seed of draw ``index`` (a micro-batch, ``0 <= index < slots``) of ``stream`` at optimizer ``step``.
+
+    ``(step, stream, index)`` is packed into one integer with no overlap, offset by the scrambled run seed and
+    scrambled again; both maps are bijections of 32-bit integers, so within a run no two (step, stream, micro-batch)
+    share a seed for the first ``2**32 // (len(SAMPLING_STREAMS) * slots)`` steps. The seed is 32 bits because a CPU
+    ``torch.Generator`` keeps only the low 32 bits of whatever it is seeded with.
+    """
+    if not 0 <= index < slots:
+        raise ValueError(f"draw index {index} is outside 0..{slots - 1}")
+    packed = (step * len(SAMPLING_STREAMS) + SAMPLING_STREAMS.index(stream)) * slots + index
+    return _mix32(packed + _mix32(run_seed))
+
+
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -52,6 +84,16 @@ class Samples:
     sampling_log_probs: torch.Tensor  # [B, L] log of the probability the token was drawn with
     prompt_width: int
     teacher_step_log_probs: torch.Tensor | None = None  # [B, L, V] the teacher's whole next-token distribution
+
+
+@dataclass
+class StepSamples:
+    """One micro-batch's policy-gradient samples, with what they share with the rest of the optimizer step."""
+
+    samples: Samples
+    advantages: torch.Tensor  # [B, L] future returns normalized over every sampled token of the step
+    token_count: torch.Tensor  # sampled tokens of the step (the pg loss and entropy penalty divide by it)
+    sequence_count: torch.Tensor  # sampled sequences of the step (the per-sequence penalties divide by it)
 
 
 @torch.no_grad()
@@ -147,12 +189,25 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
     return returns
 
 
-def normalize(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries (the batch's baseline and scale)."""
+def normalize(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    mean: torch.Tensor | None = None,
+    variance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (the batch's baseline and scale).
+
+    Give ``mean`` and ``variance`` to normalize with moments taken over more than this batch (the trainer passes
+    those of every sampled token of the optimizer step).
+    """
     mask = mask.float()
     count = mask.sum().clamp_min(1)
-    mean = (values * mask).sum() / count
-    variance = ((values - mean).pow(2) * mask).sum() / count
+    if mean is None:
+        mean = (values * mask).sum() / count
+    if variance is None:
+        variance = ((values - mean).pow(2) * mask).sum() / count
     return (values - mean) / (variance.sqrt() + eps) * mask
 
 

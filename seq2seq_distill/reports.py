@@ -9,12 +9,65 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import numbers
 import os
 import tempfile
+import uuid
 
 logger = logging.getLogger(__name__)
 
 METRIC_LABELS = {"rougeL": "ROUGE-L", "rouge2": "ROUGE-2", "accuracy": "accuracy", "perplexity": "perplexity"}
+UNDEFINED = "n/a"  # how the CSV and Markdown show a figure that is not defined (JSON: null)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+# ---- strict JSON -----------------------------------------------------------------------------------------------
+
+
+def _strict(value):
+    """``value`` with every NaN / infinity replaced by None (JSON null), tuples as lists, numpy scalars as Python."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _number(value):
+    """Anything else that is a single number (a 0-d tensor or array) as a float, or null when not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{type(value).__name__} is not JSON serializable") from None
+    return number if math.isfinite(number) else None
+
+
+def write_json(path: str, obj) -> None:
+    """Write ``obj`` as strict JSON (no bare NaN / Infinity: undefined figures become null) that appears at once.
+
+    The text goes to a temporary file beside ``path`` that replaces it only when complete, so a reader never takes a
+    half-written file for a finished one.
+    """
+    temporary = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            json.dump(_strict(obj), handle, indent=2, allow_nan=False, default=_number)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 # ---- reports ---------------------------------------------------------------------------------------------------
@@ -25,7 +78,7 @@ def _flat_row(name: str, result: dict) -> dict:
     for section in ("quality", "cost", "versus_teacher"):
         for key, value in result[section].items():
             if isinstance(value, (int, float)):
-                row[f"{key}"] = value
+                row[f"{key}"] = value if math.isfinite(value) else UNDEFINED
     return row
 
 
@@ -33,8 +86,7 @@ def write_reports(summary, results, data, evaluation, output_dir, training_logs,
     """All files are written to a temporary folder first and moved in at the end: no half-written report."""
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=output_dir)
-    with open(os.path.join(staging, "benchmark_results.json"), "w") as handle:
-        json.dump(summary, handle, indent=2, default=float)
+    write_json(os.path.join(staging, "benchmark_results.json"), summary)
     rows = [_flat_row(name, model) for name, model in summary["models"].items()]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(os.path.join(staging, "comparison_table.csv"), "w", newline="") as handle:
@@ -58,6 +110,7 @@ def write_reports(summary, results, data, evaluation, output_dir, training_logs,
 
 def _markdown_report(summary: dict, plots: list[str]) -> str:
     main = summary["main_metric"]
+    per_token = any("latency_per_token_ms" in model["cost"] for model in summary["models"].values())
     lines = [
         summary["verdict"],
         "",
@@ -65,50 +118,47 @@ def _markdown_report(summary: dict, plots: list[str]) -> str:
         f"on {summary['environment']['device']}",
         "",
         f"Teacher: **{summary['teacher']}**. Main metric: {METRIC_LABELS.get(main, main)}. Latency at batch size 1 "
-        f"(p50 / p95 per example, and per generated token), throughput at batch size "
+        f"(p50 / p95 per example{', and mean per generated token' if per_token else ''}), throughput at batch size "
         f"{summary['settings']['benchmark']['benchmark_batch_size']}, warm-up excluded. Speed-up: the teacher's latency "
-        "over the model's, per generated token for generation, per example for classification.",
+        f"over the model's, {'per generated token' if per_token else 'p50 per example'}.",
         "",
     ]
     quality_keys = [key for key in _quality_columns(summary) if key != main]
-    header = [
-        "model",
-        main,
-        *quality_keys,
-        "params (M)",
-        "params w/o emb. (M)",
-        "size (MB)",
-        "peak mem (MB)",
-        "p50 (ms)",
-        "p95 (ms)",
-        "ms / token",
-        "examples/s",
-        "speed-up",
-        "size %",
-        "retained %",
+    # (header, cost key, format): per-token latency only where tokens are generated (not for classification)
+    cost_columns = [
+        ("params (M)", "parameters", lambda value: f"{value / 1e6:.2f}"),
+        ("params w/o emb. (M)", "parameters_without_embeddings", lambda value: f"{value / 1e6:.2f}"),
+        ("size (MB)", "size_on_disk_mb", lambda value: f"{value:.1f}"),
+        ("peak mem (MB)", "peak_memory_mb", _format),
+        ("p50 (ms)", "latency_p50_ms", lambda value: f"{value:.1f}"),
+        ("p95 (ms)", "latency_p95_ms", lambda value: f"{value:.1f}"),
+        *([("ms / token", "latency_per_token_ms", lambda value: f"{value:.2f}")] if per_token else []),
+        ("examples/s", "examples_per_second", lambda value: f"{value:.1f}"),
     ]
+    header = ["model", main, *quality_keys, *[title for title, _, _ in cost_columns], "speed-up", "size %", "retained %"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
+    notes = []
     for name, model in summary["models"].items():
         quality, cost, versus = model["quality"], model["cost"], model["versus_teacher"]
+        speedup = f"{versus['speedup_latency']:.2f}x" if _defined(versus["speedup_latency"]) else UNDEFINED
+        if versus.get("speedup_note"):  # shown, but marked: the verdict states no ratio for this model
+            speedup = f"({speedup})*"
+            notes.append(f"\\* {name}: speed-up not measured reliably: {versus['speedup_note']}")
         cells = [
             name,
             _format(quality.get(main)),
             *[_format(quality.get(key)) for key in quality_keys],
-            f"{cost['parameters'] / 1e6:.2f}",
-            f"{cost['parameters_without_embeddings'] / 1e6:.2f}",
-            f"{cost['size_on_disk_mb']:.1f}",
-            _format(cost["peak_memory_mb"]),
-            f"{cost['latency_p50_ms']:.1f}",
-            f"{cost['latency_p95_ms']:.1f}",
-            f"{cost['latency_per_token_ms']:.2f}",
-            f"{cost['examples_per_second']:.1f}",
-            f"{versus['speedup_latency']:.2f}x",
-            f"{100 * versus['size_fraction']:.0f}",
+            *[fmt(cost[key]) if _defined(cost.get(key)) else UNDEFINED for _, key, fmt in cost_columns],
+            speedup,
+            f"{100 * versus['size_fraction']:.0f}" if _defined(versus["size_fraction"]) else UNDEFINED,
             _format(versus["quality_retained"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Generation settings (the same for every model): " + json.dumps(summary["settings"]["generation"]), ""]
+    lines += ["", *notes] if notes else []
+    if summary["settings"]["generation"]:
+        lines += ["", "Generation settings (the same for every model): " + json.dumps(summary["settings"]["generation"])]
+    lines += [""]
     lines += ["Sample predictions side by side: [sample_predictions.md](sample_predictions.md)", ""]
     lines += [f"![{os.path.splitext(plot)[0]}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
@@ -123,11 +173,17 @@ def _quality_columns(summary: dict) -> list[str]:
     return keys
 
 
+def _defined(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _format(value) -> str:
+    """A figure with two decimals; "-" where the model has none (the teacher's agreement with itself), "n/a" where
+    it is not defined (NaN, e.g. quality retained when the teacher scores 0)."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "nan" if value != value else f"{value:.2f}"
+        return f"{value:.2f}" if math.isfinite(value) else UNDEFINED
     return str(value)
 
 
@@ -168,18 +224,32 @@ def _save(figure, folder: str, name: str, dpi: int) -> str:
 
 
 def _plot_quality_vs_latency(summary: dict, folder: str) -> str:
+    return _save(_quality_vs_latency_figure(summary), folder, "quality_vs_latency.png", dpi=120)
+
+
+def _quality_vs_latency_figure(summary: dict):
+    """One point per model, told apart by marker and colour and named in a legend beside the axes: names never sit
+    on the points or on each other, however close the models are (in a dry run they all but coincide)."""
     plt = _pyplot()
     main = summary["main_metric"]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for name, model in summary["models"].items():
-        x, y = model["cost"]["latency_p50_ms"], model["quality"].get(main, float("nan"))
-        axes.scatter([x], [y], s=40)
-        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5))
+    figure, axes = plt.subplots(figsize=(7.5, 4))
+    colours = plt.get_cmap("tab10").colors
+    handles, names = [], []
+    for index, (name, model) in enumerate(summary["models"].items()):
+        x, y = model["cost"]["latency_p50_ms"], model["quality"].get(main)
+        y = y if _defined(y) else float("nan")
+        handle = axes.scatter(
+            [x], [y], s=60, marker=MARKERS[index % len(MARKERS)], color=colours[index % len(colours)], alpha=0.8, zorder=3
+        )
+        handles.append(handle)
+        names.append(str(name))
+    # Explicit handles and labels: matplotlib would drop a label that starts with "_" from an automatic legend.
+    axes.legend(handles, names, title="model", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     axes.set_xlabel("latency per example, p50 (ms, batch size 1)")
     axes.set_ylabel(METRIC_LABELS.get(main, main))
     axes.set_title("quality vs. latency")
     axes.grid(alpha=0.3)
-    return _save(figure, folder, "quality_vs_latency.png", dpi=120)
+    return figure
 
 
 def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | None:
@@ -196,7 +266,7 @@ def _plot_training_curves(training_logs: dict[str, str], folder: str) -> str | N
     figure, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
     for axis, term in zip(axes[0], terms, strict=True):
         for name, entries in histories.items():
-            points = [(entry["step"], entry[term]) for entry in entries if term in entry]
+            points = [(entry["step"], entry[term]) for entry in entries if entry.get(term) is not None]  # null: NaN
             if points:
                 axis.plot(*zip(*points, strict=True), label=name)
         axis.set_title(term)

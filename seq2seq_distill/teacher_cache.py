@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 
 from .data import PreparedData, collator_for
 from .errors import InputError
+from .modeling import logit_rows
+from .reports import write_json
 from .trainer import CACHE_INDICES, CACHE_LOG_PROBS
 
 logger = logging.getLogger(__name__)
@@ -129,8 +131,7 @@ def build_teacher_cache(
         "splits": fingerprints,
         "vocab_size": vocab,
     }
-    with open(os.path.join(staging, INFO_FILE), "w") as handle:
-        json.dump(info, handle, indent=2)
+    write_json(os.path.join(staging, INFO_FILE), info)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(staging, path)  # the finished cache appears at once, info file included
     logger.info("teacher cache (top-%d, T=%s) for %s written to %s", k, temperature, ", ".join(splits), path)
@@ -172,9 +173,9 @@ def _teacher_top_k(teacher, collator, task, examples, k, temperature, device) ->
         batch["decoder_input_ids"] = teacher.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = teacher(**batch).logits
     if task == "causal_lm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
+        logits = logits[:, :-1]  # position t predicts token t + 1 (logit_rows)
     values, indices = F.log_softmax(logits.float() / temperature, dim=-1).topk(k, dim=-1)
-    mask = labels != -100
+    mask = logit_rows(task, labels, batch["attention_mask"]).distill  # the rows the trainer's KD term compares
     return [
         (values[row][mask[row]].cpu().tolist(), indices[row][mask[row]].to(torch.int32).cpu().tolist())
         for row in range(len(examples))

@@ -8,7 +8,15 @@ precision, checkpoints, distributed runs, generation) is the Trainer's.
 Normalization: each term is a sum over its positions divided by the count of those positions in the *whole
 optimizer step*: target-side terms (CE, KD, decoder features) by the Trainer's ``num_items_in_batch``, source-side
 terms (encoder features, causal-LM features) by the step's count of non-padding input tokens, gathered the same way.
-Summing micro-batch losses therefore gives exactly the full-batch loss, with any padding.
+Policy-gradient terms (causal LMs) follow the same rule: ``get_batch_samples`` draws the samples of every micro-batch
+of the step before the first is trained on, and the policy-gradient loss, the entropy penalty and the logged teacher
+log-likelihood are divided by the step's count of sampled tokens, the per-sequence penalties by its count of sampled
+sequences, and the returns are normalized with the mean and variance of all the step's sampled tokens (every count
+and moment gathered across processes like the others). Summing micro-batch losses therefore gives exactly the
+full-batch loss, with any padding and any completion lengths.
+
+Sampling (policy-gradient and on-policy) is seeded by the run's seed, the optimizer step, the kind of draw and the
+micro-batch index, so a resumed run draws what the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 
@@ -36,10 +45,19 @@ from .losses import (
     norm_statistics_loss,
     topk_distillation_loss,
 )
-from .modeling import freeze_teacher, load_model, output_rows, resolve_teacher_dtype, shared_output_size, task_of_model
+from .modeling import (
+    freeze_teacher,
+    load_model,
+    logit_rows,
+    output_rows,
+    resolve_teacher_dtype,
+    shared_output_size,
+    task_of_model,
+)
 from .placement import shard_teacher
 from .policy import (
     Samples,
+    StepSamples,
     completions_from,
     diversity_penalty,
     entropy_penalty,
@@ -49,6 +67,7 @@ from .policy import (
     prompts_of,
     response_logits,
     sample_continuations,
+    sampling_seed,
     token_frequency_penalty,
 )
 
@@ -70,7 +89,9 @@ TERM_WEIGHTS = {
     "diversity_penalty": "diversity_penalty",
     "entropy_penalty": "entropy_penalty",
 }
-_NOT_MODEL_INPUTS = ("labels", CACHE_LOG_PROBS, CACHE_INDICES)
+# Batch field added by get_batch_samples to each micro-batch of a policy-gradient step: its StepSamples.
+PG_SAMPLES = "policy_gradient_samples"
+_NOT_MODEL_INPUTS = ("labels", CACHE_LOG_PROBS, CACHE_INDICES, PG_SAMPLES)
 _FEATURE_OUTPUT_KEYS = (
     "hidden_states",
     "attentions",
@@ -107,6 +128,11 @@ class TermPlan:
         )
 
     @property
+    def only_ce(self) -> bool:
+        """CE alone: a run without distillation (a teacher's own training, or a baseline student)."""
+        return self.ce and not (self.needs_teacher or self.on_policy)
+
+    @property
     def needs_teacher(self) -> bool:
         return self.kd or self.hidden or self.attention or self.norm or self.policy_gradient
 
@@ -137,10 +163,12 @@ class StackPair:
 class StepPositions:
     """Boolean masks of the positions each side's terms sum over, and their step-wide counts."""
 
-    target_mask: torch.Tensor  # [B, T] label positions (seq2seq, causal LM: shifted) or [B] examples
+    target_mask: torch.Tensor  # [B, T] label positions (seq2seq, causal LM: shifted) or [B] examples (logit_rows)
     source_mask: torch.Tensor  # [B, S] non-padding input tokens
     target_count: torch.Tensor
     source_count: torch.Tensor
+    label_mask: torch.Tensor  # the target positions that have a label (CE); all of them except in classification
+    label_count: torch.Tensor
 
 
 class DistillationMixin:
@@ -150,6 +178,9 @@ class DistillationMixin:
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, teacher_model: PreTrainedModel | str | None = None, teacher_cache=None, **kwargs):
+        # The Trainer sets config.use_cache to its training value (off); saved models get back the model's own.
+        model = kwargs.get("model", args[0] if args else None)
+        self._inference_use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         super().__init__(*args, **kwargs)
         self.distillation = DistillationSettings.from_arguments(self.args)
         self.plan = TermPlan.from_settings(self.distillation)
@@ -159,6 +190,7 @@ class DistillationMixin:
         if teacher_cache is not None:
             self._check_cache(teacher_cache, teacher_model)
         self.teacher = self._setup_teacher(teacher_model)
+        self._check_rows_to_train_on()
         self._check_sampling_methods()
         self.output_size = self._check_outputs(student)
         self.stack_pairs = self._pair_layers(student)
@@ -189,6 +221,24 @@ class DistillationMixin:
                 f"the teacher cache is at temperature {teacher_cache.temperature}, the run at {self.distillation.temperature}"
             )
 
+    def _check_rows_to_train_on(self) -> None:
+        """Stop before training when no active term has a row to learn from (it would log loss 0 and "finish").
+
+        Only classification data can get here: its unlabelled rows (-100) have no CE row but are distilled, while
+        the data module refuses seq2seq and causal-LM splits whose every target is empty.
+        """
+        dataset = self.train_dataset
+        if self.task != "classification" or not isinstance(dataset, Dataset) or "labels" not in dataset.column_names:
+            return
+        plan = self.plan
+        if plan.kd or plan.hidden or plan.attention or plan.norm:  # these use every row, labelled or not
+            return
+        if len(dataset) and all(label == -100 for label in dataset["labels"]):
+            raise InputError(
+                f"every one of the {len(dataset)} training rows is unlabelled (-1 or an empty label) and the only active "
+                "term, CE, needs labels: label the rows, or set --kd_weight > 0 to distill them from the teacher"
+            )
+
     def _check_sampling_methods(self) -> None:
         if not (self.plan.policy_gradient or self.plan.on_policy):
             return
@@ -210,10 +260,7 @@ class DistillationMixin:
     def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
         if teacher_model is None:
             if self.plan.needs_teacher and self.teacher_cache is None:
-                raise InputError(
-                    "teacher_model is required when kd_weight, hidden_weight, attention_weight or norm_weight > 0; "
-                    "pass teacher_model= or set those weights to 0"
-                )
+                raise InputError(self._teacher_required_message())
             return None
         if isinstance(teacher_model, str):
             teacher_model = load_model(teacher_model, self.task)
@@ -225,6 +272,14 @@ class DistillationMixin:
             )
         dtype = resolve_teacher_dtype(self.distillation.teacher_dtype, self.args.device, self.args.bf16, self.args.fp16)
         return self._shard_teacher(freeze_teacher(teacher_model, self.args.device, dtype))
+
+    def _teacher_required_message(self) -> str:
+        """Names the settings of this run that need the teacher, with their values, and nothing else."""
+        names = ("kd_weight", "hidden_weight", "attention_weight", "norm_weight", "policy_gradient_weight")
+        on = [f"{name} = {getattr(self.distillation, name):g}" for name in names if getattr(self.distillation, name) > 0]
+        listed = on[0] if len(on) == 1 else f"{', '.join(on[:-1])} and {on[-1]}"
+        verb, pronoun = ("needs", "it") if len(on) == 1 else ("need", "them")
+        return f"teacher_model is required: {listed} {verb} the teacher; pass teacher_model= or set {pronoun} to 0"
 
     def _shard_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
         """The frozen teacher, sharded for inference under DeepSpeed ZeRO-3 or FSDP2 (see ``placement.py``)."""
@@ -306,33 +361,25 @@ class DistillationMixin:
             return batch_samples, None
         if self.plan.on_policy:  # before counting, so the step-wide counts describe what is trained on
             batch_samples = self._on_policy_batches(batch_samples)
+        if self.plan.policy_gradient:  # every micro-batch's samples now, so their counts can be step-wide
+            batch_samples = self._policy_gradient_batches(batch_samples)
         counts = torch.stack([torch.stack([mask.sum() for mask in self._positions(batch)]) for batch in batch_samples])
-        target, source = counts.sum(0).to(device).unbind()
+        counts = counts.sum(0).to(device)
         if self._counts_are_global():
-            target, source = self.accelerator.gather(torch.stack([target, source]).view(1, 2)).sum(0)
-        self._step_source_tokens = source
+            counts = self.accelerator.gather(counts.view(1, 3)).sum(0)
+        target, self._step_source_tokens, self._step_labelled = counts.unbind()
         return batch_samples, target
 
     def _counts_are_global(self) -> bool:
         return self.args.average_tokens_across_devices and self.args.world_size > 1
 
-    def _positions(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target_mask, source_mask) of a batch, as the terms below select them."""
-        labels = inputs.get("labels")
-        input_ids = inputs.get("input_ids")
+    def _positions(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target_mask, source_mask, label_mask) of a batch, as the terms below select them (see ``logit_rows``)."""
         source_mask = inputs.get("attention_mask")
         if source_mask is None:
-            source_mask = torch.ones_like(input_ids)
-        source_mask = source_mask.bool()
-        if self.task == "causal_lm":
-            target_mask = labels[:, 1:] != -100 if labels is not None else source_mask[:, 1:]
-        elif labels is not None:
-            target_mask = labels != -100
-        elif self.task == "classification":
-            target_mask = torch.ones(source_mask.shape[0], dtype=torch.bool, device=source_mask.device)
-        else:
-            raise InputError("seq2seq distillation needs labels to build the decoder inputs; add a 'labels' column")
-        return target_mask, source_mask
+            source_mask = torch.ones_like(inputs["input_ids"])
+        rows = logit_rows(self.task, inputs.get("labels"), source_mask)
+        return rows.distill, source_mask.bool(), rows.labelled
 
     # ---- the step ----------------------------------------------------------------------------------------------
 
@@ -404,18 +451,19 @@ class DistillationMixin:
         )
 
     def _step_positions(self, inputs: dict, num_items_in_batch, training: bool) -> StepPositions:
-        target_mask, source_mask = self._positions(inputs)
+        target_mask, source_mask, label_mask = self._positions(inputs)
         if training and num_items_in_batch is not None and self._step_source_tokens is not None:
-            target_count, source_count = num_items_in_batch, self._step_source_tokens
+            counts = [num_items_in_batch, self._step_source_tokens, self._step_labelled]
             if self._counts_are_global():
                 # Counts cover every process and DDP averages the gradients over them: dividing the counts by the
                 # process count undoes that average in every term at once.
-                target_count = target_count / self.accelerator.num_processes
-                source_count = source_count / self.accelerator.num_processes
+                counts = [count / self.accelerator.num_processes for count in counts]
         else:  # evaluation, or a direct call: normalize within the batch
-            target_count, source_count = target_mask.sum(), source_mask.sum()
-        as_count = lambda count: torch.as_tensor(count, device=source_mask.device, dtype=torch.float32).clamp_min(1e-6)
-        return StepPositions(target_mask, source_mask, as_count(target_count), as_count(source_count))
+            counts = [target_mask.sum(), source_mask.sum(), label_mask.sum()]
+        target_count, source_count, label_count = (
+            torch.as_tensor(count, device=source_mask.device, dtype=torch.float32).clamp_min(1e-6) for count in counts
+        )
+        return StepPositions(target_mask, source_mask, target_count, source_count, label_mask, label_count)
 
     def distillation_terms(
         self,
@@ -450,7 +498,7 @@ class DistillationMixin:
             raise InputError("ce_weight > 0 needs a 'labels' column; set ce_weight=0 to distill without labels")
         target_mask = positions.target_mask
         if self.task == "causal_lm":
-            # Position t predicts token t + 1: shifted labels, and rows t < T - 1 of the unshifted logits.
+            # Position t predicts token t + 1 (logit_rows): rows t < T - 1 of the unshifted logits.
             labels = labels[:, 1:] if labels is not None else None
             row_mask = torch.nn.functional.pad(target_mask, (0, 1), value=False)
         else:
@@ -458,8 +506,11 @@ class DistillationMixin:
         rows = row_mask.reshape(-1).nonzero().squeeze(-1)
         rows_on_cpu = rows.cpu()
         student_flat = student_outputs.logits.reshape(-1, student_outputs.logits.shape[-1])
+        # -100 on rows without a label (classification): CE skips them, KD does not.
         row_labels = labels[target_mask] if labels is not None else None
-        scale = 1.0 / positions.target_count
+        # CE is normalized by the step's labelled rows, KD by all of its rows (the same count unless rows are unlabelled).
+        ce_scale, kd_scale = 1.0 / positions.label_count, 1.0 / positions.target_count
+        scales = torch.stack([scale for scale, on in ((ce_scale, plan.ce), (kd_scale, plan.kd)) if on])
         cached = inputs.get(CACHE_LOG_PROBS)
         if plan.kd and cached is None:
             if teacher_outputs is None:
@@ -476,9 +527,9 @@ class DistillationMixin:
         if self._closed_form_logit_terms(rows.device):
             # CE and forward KL know their gradients: no autograd graph per chunk (see fused_ce_forward_kl). The
             # normalization is folded into the weights so the chunk's gradient comes out already scaled.
-            step_scale = float(scale)
-            ce_weight = settings.ce_weight * step_scale if plan.ce else 0.0
-            kd_weight = settings.kd_weight * step_scale if plan.kd else 0.0
+            ce_step, kd_step = torch.stack([ce_scale, kd_scale]).tolist()  # one device sync per micro-batch
+            ce_weight = settings.ce_weight * ce_step if plan.ce else 0.0
+            kd_weight = settings.kd_weight * kd_step if plan.kd else 0.0
 
             def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
                 teacher_chunk = teacher_top = None
@@ -497,7 +548,7 @@ class DistillationMixin:
                     teacher_chunk=teacher_chunk,
                     teacher_top=teacher_top,
                 )
-                return total, parts * step_scale, grad
+                return total, parts * scales, grad
 
         else:
 
@@ -506,7 +557,7 @@ class DistillationMixin:
                 if plan.ce:
                     ce = cross_entropy_sum(student_chunk, row_labels[start:end], self.args.label_smoothing_factor)
                     parts.append(ce)
-                    loss = loss + settings.ce_weight * ce
+                    loss = loss + settings.ce_weight * ce * ce_scale
                 if plan.kd:
                     if cached is None:
                         teacher_chunk = teacher_rows(start, end)
@@ -521,8 +572,8 @@ class DistillationMixin:
                             beta=settings.divergence_beta,
                         )
                     parts.append(kd)
-                    loss = loss + settings.kd_weight * kd
-                return loss * scale, torch.stack(parts).detach() * scale
+                    loss = loss + settings.kd_weight * kd * kd_scale
+                return loss, torch.stack(parts).detach() * scales
 
         loss, sums = chunked_row_losses(
             student_flat,
@@ -584,10 +635,13 @@ class DistillationMixin:
 
     # ---- policy-gradient and on-policy distillation (causal LMs) ------------------------------------------------
 
-    def _sampling_generator(self, salt: int, device) -> torch.Generator:
-        """Randomness tied to the seed, the step and the micro-batch: a resumed run samples what it would have."""
+    def _sampling_generator(self, stream: str, index: int, device) -> torch.Generator:
+        """Randomness tied to the run's seed, the optimizer step, the kind of draw and the micro-batch index (never
+        to how many calls this process made), so a resumed run samples what the uninterrupted one would have; no
+        two micro-batches or kinds of draw of a run share a stream (see ``policy.sampling_seed``)."""
+        slots = self.args.gradient_accumulation_steps
         generator = torch.Generator(device=device)
-        generator.manual_seed((self.args.seed * 1_000_003 + self.state.global_step * 1_009 + salt) % 2**62)
+        generator.manual_seed(sampling_seed(self.args.seed, self.state.global_step, stream, index, slots))
         return generator
 
     def _special_ids(self, student) -> tuple[int, int | None]:
@@ -603,7 +657,7 @@ class DistillationMixin:
         settings = self.distillation
         student = self.accelerator.unwrap_model(self.model)
         pad, eos = self._special_ids(student)
-        draws = torch.rand(len(batch_samples), generator=self._sampling_generator(0, "cpu"))
+        draws = torch.rand(len(batch_samples), generator=self._sampling_generator("on_policy_draws", 0, "cpu"))
         replaced = []
         for index, (batch, draw) in enumerate(zip(batch_samples, draws.tolist(), strict=True)):
             if draw < settings.on_policy_fraction:
@@ -616,7 +670,8 @@ class DistillationMixin:
                     settings.on_policy_max_new_tokens,
                     settings.on_policy_temperature,
                     0.0,
-                    index + 1,
+                    "on_policy",
+                    index,
                 )
                 input_ids, attention_mask, labels = completions_from(samples, pad)
                 batch = {**batch, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
@@ -624,7 +679,9 @@ class DistillationMixin:
             replaced.append(batch)
         return replaced
 
-    def _sample(self, student, teacher, prompt_ids, prompt_mask, max_new_tokens, temperature, teacher_mix, salt) -> Samples:
+    def _sample(
+        self, student, teacher, prompt_ids, prompt_mask, max_new_tokens, temperature, teacher_mix, stream, index
+    ) -> Samples:
         pad, eos = self._special_ids(student)
         was_training = student.training
         student.eval()  # sample from the policy itself, without dropout
@@ -639,40 +696,84 @@ class DistillationMixin:
                 teacher_mix=teacher_mix,
                 eos_token_id=eos,
                 pad_token_id=pad,
-                generator=self._sampling_generator(salt, prompt_ids.device),
+                generator=self._sampling_generator(stream, index, prompt_ids.device),
             )
         finally:
             student.train(was_training)
 
-    def _policy_gradient_terms(self, model, student, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Sample continuations, reward them with the teacher, and return the policy-gradient loss and penalties.
+    def _policy_gradient_batches(self, batch_samples: list[dict]) -> list[dict]:
+        """The step's micro-batches, each carrying its policy-gradient samples under ``PG_SAMPLES``.
 
-        Sums are divided by the sampled tokens (sequences, for per-sequence penalties) of this micro-batch times
-        the accumulation steps, so the step's terms are means over its micro-batches.
+        All are drawn here, before the first micro-batch is trained on (the weights are the step's first either
+        way), so the sampled-token and sequence counts and the moments of the returns cover the whole step, and
+        every process's when the step's other counts are global.
+        """
+        drawn = self._policy_gradient_samples(batch_samples, across_processes=self._counts_are_global())
+        return [{**batch, PG_SAMPLES: step_samples} for batch, step_samples in zip(batch_samples, drawn, strict=True)]
+
+    @torch.no_grad()
+    def _policy_gradient_samples(self, batch_samples: list[dict], across_processes: bool) -> list[StepSamples]:
+        """Sample every micro-batch's prompts (micro-batch i from stream ``policy_gradient``, index i), reward the
+        tokens with the teacher, and normalize the future returns with the moments of all of them together."""
+        settings = self.distillation
+        student = self.accelerator.unwrap_model(self.model)
+        pad, _ = self._special_ids(student)
+        drawn = []
+        for index, batch in enumerate(batch_samples):
+            prompt_ids, prompt_mask = prompts_of(batch["input_ids"], batch["labels"], pad)
+            drawn.append(
+                self._sample(
+                    student,
+                    self.teacher,
+                    prompt_ids,
+                    prompt_mask,
+                    settings.pg_max_new_tokens,
+                    settings.pg_sample_temperature,
+                    settings.pg_teacher_mix,
+                    "policy_gradient",
+                    index,
+                )
+            )
+        masks = [samples.response_mask.float() for samples in drawn]
+        returns = [future_returns(samples.teacher_log_probs, samples.response_mask, settings.pg_discount) for samples in drawn]
+        pairs = list(zip(returns, masks, strict=True))
+
+        def step_sums(rows: list[torch.Tensor]) -> torch.Tensor:  # one row of sums per micro-batch
+            sums = torch.stack(rows).sum(0)
+            return self.accelerator.gather(sums.view(1, -1)).sum(0) if across_processes else sums
+
+        tokens, sequences, return_sum = step_sums(
+            [torch.stack([mask.sum(), (mask.sum(1) > 0).float().sum(), (ret * mask).sum()]) for ret, mask in pairs]
+        )
+        mean = return_sum / tokens.clamp_min(1)
+        (squares,) = step_sums([((ret - mean).pow(2) * mask).sum().view(1) for ret, mask in pairs])
+        variance = squares / tokens.clamp_min(1)
+        # Like the step's other counts: DDP averages the gradients over the processes, dividing by their number undoes it.
+        processes = self.accelerator.num_processes if across_processes else 1
+        token_count, sequence_count = tokens.clamp_min(1) / processes, sequences.clamp_min(1) / processes
+        return [
+            StepSamples(samples, normalize(ret, mask, mean=mean, variance=variance), token_count, sequence_count)
+            for samples, (ret, mask) in zip(drawn, pairs, strict=True)
+        ]
+
+    def _policy_gradient_terms(self, model, student, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy-gradient loss and penalties of a micro-batch's samples (rewarded by the teacher).
+
+        Sums are divided by the step's sampled tokens (sampled sequences, for the per-sequence penalties) that
+        ``get_batch_samples`` counted, so the micro-batches of a step add up to what the step gives as one batch.
+        A batch without ``PG_SAMPLES`` (a direct call) is sampled here and normalized within itself.
         """
         settings = self.distillation
-        pad, _ = self._special_ids(student)
-        prompt_ids, prompt_mask = prompts_of(inputs["input_ids"], inputs["labels"], pad)
-        self._pg_calls = getattr(self, "_pg_calls", 0) + 1
-        samples = self._sample(
-            student,
-            self.teacher,
-            prompt_ids,
-            prompt_mask,
-            settings.pg_max_new_tokens,
-            settings.pg_sample_temperature,
-            settings.pg_teacher_mix,
-            10_000 + self._pg_calls,
-        )
+        step_samples = inputs.get(PG_SAMPLES)
+        if step_samples is None:
+            (step_samples,) = self._policy_gradient_samples([inputs], across_processes=False)
+        samples, advantages = step_samples.samples, step_samples.advantages
+        token_count, sequence_count = step_samples.token_count, step_samples.sequence_count
         log_probs = torch.log_softmax(response_logits(model, samples).float(), -1)
         mask = samples.response_mask
         tokens = samples.sequences[:, samples.prompt_width :]
         token_log_probs = log_probs.gather(-1, tokens[..., None]).squeeze(-1)
-        advantages = normalize(future_returns(samples.teacher_log_probs, mask, settings.pg_discount), mask)
         importance = (token_log_probs.detach() - samples.sampling_log_probs).exp().clamp(max=settings.pg_importance_clip)
-        accumulation = self.args.gradient_accumulation_steps
-        token_count = mask.sum().clamp_min(1) * accumulation
-        sequence_count = max(int((mask.sum(1) > 0).sum()), 1) * accumulation
         probs = log_probs.exp()
         teacher_rows = samples.teacher_step_log_probs[..., : probs.shape[-1]]
         student_rows = probs[..., : teacher_rows.shape[-1]]
@@ -685,9 +786,23 @@ class DistillationMixin:
             terms["diversity_penalty"] = diversity_penalty(probs, mask, embeddings) / sequence_count
         if settings.entropy_penalty:
             terms["entropy_penalty"] = entropy_penalty(probs, mask) / token_count
-        terms["teacher_log_likelihood"] = (samples.teacher_log_probs * mask).sum() / mask.sum().clamp_min(1)
+        # Also per step-wide token: the micro-batches of a step add up to the step's mean (logged per step).
+        terms["teacher_log_likelihood"] = (samples.teacher_log_probs * mask).sum() / token_count
         loss = sum(getattr(settings, TERM_WEIGHTS[name]) * value for name, value in terms.items() if name in TERM_WEIGHTS)
         return loss, {name: value.detach() for name, value in terms.items()}
+
+    # ---- saving ------------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save with the model's inference defaults: a saved student must not load with its KV cache off."""
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        if config is None or self._inference_use_cache is None:
+            return super().save_model(output_dir, _internal_call)
+        training_value, config.use_cache = config.use_cache, self._inference_use_cache
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            config.use_cache = training_value
 
     # ---- logging -----------------------------------------------------------------------------------------------
 

@@ -277,7 +277,7 @@ def test_make_student_and_pseudo_label(scratch_teacher, user_data, tmp_path):
                 "story",
                 "--dataset_target_column",
                 "abstract",
-                "--pseudo_label_output",
+                "--output_dir",
                 str(labelled),
                 "--num_beams",
                 "2",
@@ -334,3 +334,62 @@ def test_benchmark_arguments_have_help_strings():
 
     for kind in (ModelArguments, DataArguments, BenchmarkArguments):
         assert all(field.metadata.get("help") for field in dataclasses.fields(kind)), kind
+
+
+@pytest.mark.parametrize("rank,prints", [("0", True), ("1", False)])
+def test_only_the_main_process_prints_what_it_did(monkeypatch, capsys, rank, prints):
+    """Under torchrun only rank 0 writes models, caches and reports, so only it says so (every command)."""
+    from seq2seq_distill import benchmark, cli, pipeline
+
+    finished = pipeline.TrainedModel("distilled", "outputs/x", {})
+    for name in ("train_teacher", "distill", "run_pipeline", "make_student", "cache_teacher", "pseudo_label"):
+        result = {"verdict": "v"} if name == "run_pipeline" else finished if name in ("train_teacher", "distill") else "p"
+        monkeypatch.setattr(pipeline, name, lambda *args, _result=result, **kwargs: _result)
+    monkeypatch.setattr(benchmark, "benchmark_command", lambda *args, **kwargs: {"verdict": "v"})
+    monkeypatch.setenv("RANK", rank)
+    for command in cli.COMMANDS.values():
+        command.run(parse_command(command, []))
+        assert bool(capsys.readouterr().out) is prints, command.name
+
+
+def test_pseudo_label_takes_output_dir_like_every_command(tmp_path):
+    from seq2seq_distill.arguments import PseudoLabelArguments
+
+    parsed = parse("pseudo_label", "--output_dir", str(tmp_path / "labels"))
+    assert parsed[PseudoLabelArguments].destination == str(tmp_path / "labels")
+    older = parse("pseudo_label", "--pseudo_label_output", str(tmp_path / "old"))
+    assert older[PseudoLabelArguments].destination == str(tmp_path / "old")
+    assert parse("pseudo_label")[PseudoLabelArguments].destination == "outputs/pseudo_labels"
+
+
+def _help(command: str) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse(command, "--help")
+    return " ".join(out.getvalue().split())
+
+
+def test_help_shows_the_defaults_of_a_real_run():
+    """Not the embedded preset's (lr 1e-3, 8 epochs, 96 source tokens, 2 layers); those are listed apart."""
+    text = _help("distill")
+    assert "--learning-rate LEARNING_RATE The initial learning rate for the optimizer. (default: 5e-05)" in text
+    assert (
+        "(default: 512)" in text
+        and "Student encoder layers (T5, BART, BERT). Default: all of the teacher's. (default: None)" in text
+    )
+    assert "runs the embedded default" in text and "--learning_rate 0.001" in text and "--num_encoder_layers 2" in text
+    pipeline_text = _help("pipeline")
+    assert "(default: --num_train_epochs)" not in pipeline_text and "(default: 15)" not in pipeline_text
+    assert "Epochs of teacher training (unset: --num_train_epochs). (default: None)" in pipeline_text
+
+
+def test_a_ce_only_distill_run_is_named_a_baseline(scratch_teacher, user_data, tmp_path, capsys):
+    flags = ["--teacher", str(scratch_teacher), "--num_encoder_layers", "1", "--num_decoder_layers", "1", *TINY_TEACHER[6:]]
+    data = ["--dataset_local_path", str(user_data / "mine.jsonl"), "--dataset_input_column", "story"]
+    argv = ["distill", *flags, *data, "--dataset_target_column", "abstract", "--kd_weight", "0", "--ce_weight", "1"]
+    assert main([*argv, "--output_dir", str(tmp_path / "ce")]) == 0
+    assert json.loads((tmp_path / "ce" / "training_metrics.json").read_text())["name"] == "baseline"
+    assert f"baseline student (CE only: no distillation term is on) saved to {tmp_path / 'ce'}" in capsys.readouterr().out

@@ -31,20 +31,28 @@ def test_jsonl_with_other_columns_gets_deterministic_carved_splits(tmp_path):
     assert {split: len(d) for split, d in first.items()} == {"train": 32, "validation": 4, "test": 4}
     assert first["test"]["story"] == second["test"]["story"], "carving must be seeded"
     assert set(first["train"]["story"]).isdisjoint(first["test"]["story"])
-    other_seed = load_raw_splits(DataArguments(dataset_local_path=str(source), split_seed=7), "seq2seq")
+    other_seed = load_raw_splits(
+        DataArguments(dataset_local_path=str(source), dataset_input_column="story", split_seed=7), "seq2seq"
+    )
     assert other_seed["test"]["story"] != first["test"]["story"]
 
 
 def test_missing_column_lists_the_columns(tmp_path):
     source = write_jsonl(tmp_path / "mine.jsonl", ROWS)
-    raw = load_raw_splits(DataArguments(dataset_local_path=str(source)), "seq2seq")
     with pytest.raises(
         InputError, match="no input column found; columns are: story, abstract, topic. Set --dataset_input_column"
     ):
-        prepare_data(raw, None, "seq2seq", DataArguments(dataset_local_path=str(source)))
+        load_raw_splits(DataArguments(dataset_local_path=str(source)), "seq2seq")
     args = DataArguments(dataset_local_path=str(source), dataset_input_column="article", dataset_target_column="abstract")
-    with pytest.raises(InputError, match="column 'article' not in the train split; columns are: story, abstract, topic"):
-        prepare_data(raw, None, "seq2seq", args)
+    with pytest.raises(
+        InputError, match="column 'article' is missing from the train file .*; its columns are: story, abstract, topic"
+    ):
+        load_raw_splits(args, "seq2seq")
+    raw = load_raw_splits(DataArguments(dataset_local_path=str(source), dataset_input_column="story"), "seq2seq")
+    with pytest.raises(
+        InputError, match="column 'article' is missing from the train split; its columns are: story, abstract, topic"
+    ):
+        prepare_data(raw, None, "seq2seq", args)  # data built in Python, checked again when tokenized
 
 
 def test_headerless_csv_with_column_names(tmp_path, tokenizer_for):
@@ -109,14 +117,97 @@ def test_bad_data_is_one_clear_error(tmp_path, tokenizer_for):
     empty.mkdir()
     (empty / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
     (empty / "test.jsonl").write_text(json.dumps(ROWS[1]) + "\n")
-    with pytest.raises(InputError, match="no validation split and too little train data"):
-        load_raw_splits(DataArguments(dataset_local_path=str(empty)), "seq2seq")
+    columns = dict(dataset_input_column="story", dataset_target_column="abstract")
+    with pytest.raises(InputError, match="no validation split and its 1 train rows are too few to carve 10% out of"):
+        load_raw_splits(DataArguments(dataset_local_path=str(empty), **columns), "seq2seq")
     (empty / "dev.jsonl").write_text("")
     with pytest.raises(InputError, match="the validation split file .*dev.jsonl. is empty"):
-        load_raw_splits(DataArguments(dataset_local_path=str(empty)), "seq2seq")
+        load_raw_splits(DataArguments(dataset_local_path=str(empty), **columns), "seq2seq")
     blank = write_jsonl(tmp_path / "blank.jsonl", [{"story": row["story"], "abstract": ""} for row in ROWS])
     args = DataArguments(dataset_local_path=str(blank), dataset_input_column="story", dataset_target_column="abstract")
     with pytest.raises(InputError, match="every target in the train split is empty"):
         prepare_data(load_raw_splits(args, "seq2seq"), tokenizer_for("t5"), "seq2seq", args)
     with pytest.raises(InputError, match="validation_fraction must be in"):
         DataArguments(validation_fraction=0.7)
+
+
+def test_unlabelled_markers_are_the_same_everywhere(tmp_path, tokenizer_for):
+    """-1 (integer or text), empty text and missing values are rows without a label, never a class of their own."""
+    tokenizer = tokenizer_for("bert")
+    markers = ["-1", "", None, " "]
+    rows = [
+        {"story": row["story"], "topic": markers[i // 5] if i % 5 == 0 and i < 20 else row["topic"]} for i, row in enumerate(ROWS)
+    ]
+    raw = DatasetDict({split: Dataset.from_list(rows) for split in ("train", "validation", "test")})
+    args = DataArguments(dataset_input_column="story", dataset_target_column="topic")
+    untrained = prepare_data(raw, tokenizer, "classification", args)
+    assert untrained.label_names == ["Sci/Tech", "Sports", "World"]  # no '-1' or '' class
+    labels = untrained.tokenized["train"]["labels"]
+    assert [index for index, label in enumerate(labels) if label == -100] == [0, 5, 10, 15]
+    trained = prepare_data(raw, tokenizer, "classification", args, {"Sci/Tech": 0, "Sports": 1, "World": 2})
+    assert trained.tokenized["train"]["labels"] == labels  # a teacher's label set treats them the same way
+    integers = DatasetDict(
+        {split: Dataset.from_list([{"story": "a b", "topic": -1}, {"story": "c", "topic": 2}]) for split in raw}
+    )
+    assert prepare_data(integers, tokenizer, "classification", args).tokenized["train"]["labels"] == [-100, 0]
+
+
+def test_a_column_missing_from_one_file_is_named(tmp_path):
+    """Split files load one at a time, so a train file without the label column is named, not 'empty labels'."""
+    folder = tmp_path / "news"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text\n" + "".join(f"story {i}\n" for i in range(10)))
+    for split in ("dev", "test"):
+        (folder / f"{split}.csv").write_text("text,category\n" + "".join(f"story {i},World\n" for i in range(4)))
+    args = DataArguments(dataset_local_path=str(folder), dataset_input_column="text", dataset_target_column="category")
+    with pytest.raises(
+        InputError, match=r"column 'category' is missing from the train file '.*train\.csv'; its columns are: text"
+    ):
+        load_raw_splits(args, "classification")
+
+
+def test_several_input_columns(tmp_path, tokenizer_for):
+    """Joined into one text for a single-input task; a text pair (as tokenizer(a, b) frames it) for a classifier."""
+    rows = [{"headline": f"Headline {i}", "description": f"the body of story {i}", "topic": "ab"[i % 2]} for i in range(12)]
+    raw = DatasetDict({split: Dataset.from_list(rows) for split in ("train", "validation", "test")})
+    tokenizer = tokenizer_for("t5")
+    args = DataArguments(dataset_input_column=["headline", "description"], dataset_target_column="topic")
+    joined = prepare_data(raw, tokenizer, "seq2seq", args)
+    expected = tokenizer(["Headline 0\nthe body of story 0"])["input_ids"][0]
+    assert joined.tokenized["train"]["input_ids"][0] == expected
+    assert joined.source_texts("train")[0] == "Headline 0\nthe body of story 0"
+    bert = tokenizer_for("bert")
+    paired = prepare_data(raw, bert, "classification", args)
+    assert paired.tokenized["train"]["input_ids"][0] == bert("Headline 0", "the body of story 0")["input_ids"]
+    assert paired.tokenized["train"]["input_ids"][0] != bert("Headline 0\nthe body of story 0")["input_ids"]
+    from seq2seq_distill.cli import COMMANDS, parse_command
+
+    parsed = parse_command(COMMANDS["distill"], ["--dataset_input_column", "headline", "description"])
+    assert parsed[DataArguments].dataset_input_column == ["headline", "description"]
+
+
+def test_validation_split_only_when_something_evaluates_on_it(tmp_path):
+    """No rows are held out for a validation split that nothing reads; --validation_fraction 0 is allowed."""
+    source = write_jsonl(tmp_path / "mine.jsonl", ROWS)
+    columns = dict(dataset_local_path=str(source), dataset_input_column="story", dataset_target_column="abstract")
+    evaluated = load_raw_splits(DataArguments(**columns), "seq2seq", evaluates=True)
+    assert {split: len(d) for split, d in evaluated.items()} == {"train": 32, "validation": 4, "test": 4}
+    not_evaluated = load_raw_splits(DataArguments(**columns), "seq2seq", evaluates=False)
+    assert {split: len(d) for split, d in not_evaluated.items()} == {"train": 36, "test": 4}
+    assert not_evaluated["test"]["story"] == evaluated["test"]["story"]  # the same test rows for every command
+    asked = load_raw_splits(DataArguments(**columns, validation_fraction=0.25), "seq2seq", evaluates=False)
+    assert len(asked["validation"]) == 9
+    assert "validation" not in load_raw_splits(DataArguments(**columns, validation_fraction=0), "seq2seq", evaluates=False)
+    with pytest.raises(InputError, match="evaluates on a validation split, but the data has none and --validation_fraction is 0"):
+        load_raw_splits(DataArguments(**columns, validation_fraction=0), "seq2seq", evaluates=True)
+
+
+def test_a_class_label_column_keeps_its_ids(tokenizer_for):
+    """A ClassLabel column (save_to_disk of a hub dataset) holds ids already; -1 in it is still unlabelled."""
+    from datasets import ClassLabel, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+    split = Dataset.from_dict({"text": ["good film", "bad film", "no label"], "label": [1, 0, -1]}, features=features)
+    raw = DatasetDict({"train": split, "validation": split, "test": split})
+    data = prepare_data(raw, tokenizer_for("bert"), "classification", DataArguments())
+    assert data.label_names == ["negative", "positive"] and data.tokenized["train"]["labels"] == [1, 0, -100]

@@ -1,15 +1,19 @@
 """Causal-LM distillation: divergences on the completion only, policy-gradient distillation, penalties, on-policy batches."""
 
+import copy
 import math
 
 import pytest
 import torch
-from helpers import causal_dataset, distillation_trainer
+from helpers import GradientRecorder, causal_dataset, distillation_trainer
 
+import seq2seq_distill.trainer as trainer_module
 from seq2seq_distill import DistillationTrainer, DistillationTrainingArguments, create_student
 from seq2seq_distill.errors import InputError
 from seq2seq_distill.losses import DIVERGENCES
 from seq2seq_distill.policy import (
+    SAMPLING_STREAMS,
+    Samples,
     completions_from,
     discounted_returns,
     diversity_penalty,
@@ -18,7 +22,9 @@ from seq2seq_distill.policy import (
     normalize,
     policy_gradient_loss,
     prompts_of,
+    response_logits,
     sample_continuations,
+    sampling_seed,
     token_frequency_penalty,
 )
 
@@ -305,3 +311,199 @@ def test_sampling_methods_refuse_other_tasks_and_missing_parts(tiny, tokenizer_f
         DistillationTrainer(
             model=create_student(teacher, num_encoder_layers=1), teacher_model=teacher, args=args, processing_class=tokenizer
         )
+
+
+# ---- seeding, step-wide policy-gradient counts, the missing-teacher message ---------------------------------------
+
+
+def test_sampling_seeds_differ_across_steps_kinds_of_draw_and_micro_batches():
+    for run_seed in (0, 42, 2**31 + 5):
+        for slots in (1, 4, 7):
+            seeds = [
+                sampling_seed(run_seed, step, stream, index, slots)
+                for step in range(300)
+                for stream in SAMPLING_STREAMS
+                for index in range(slots)
+            ]
+            assert len(set(seeds)) == len(seeds), (run_seed, slots)
+            assert all(0 <= seed < 2**32 for seed in seeds)  # a CPU generator keeps only 32 bits
+    assert sampling_seed(0, 5, "policy_gradient", 1, 4) != sampling_seed(1, 5, "policy_gradient", 1, 4)
+    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
+        sampling_seed(0, 0, "policy_gradient", 4, 4)
+
+
+def eos_prone(student, eos_token_id, boost=5.0):
+    """The student with its EOS logit raised, so that sampled continuations end at different lengths."""
+
+    def raise_eos(module, args, output):
+        output = output.clone()
+        output[..., eos_token_id] += boost
+        return output
+
+    student.lm_head.register_forward_hook(raise_eos)
+    return student
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_policy_gradient_samples_counts_and_advantages_cover_the_whole_step(
+    processes, tiny, tokenizer_for, tmp_path, monkeypatch
+):
+    """Every micro-batch is sampled up front from its own stream (seed, step, index); tokens, sequences and the
+    moments of the returns are the step's, checked against a recomputation from scratch. With processes=2 a fake
+    gather adds another process's sums (10 tokens, 3 sequences, returns summing to 5, squared deviations to 7)."""
+    tokenizer = tokenizer_for("gpt2")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    teacher = sharp_teacher(tiny)
+    student = eos_prone(create_student(teacher, num_layers=2, hidden_dim=16), eos)
+    trainer = trainer_for(
+        tiny,
+        tokenizer_for,
+        tmp_path,
+        teacher=teacher,
+        student=student,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        ce_weight=0.0,
+        kd_weight=0.0,
+        policy_gradient_weight=1.0,
+        pg_max_new_tokens=8,
+        seed=7,
+    )
+    trainer.state.global_step = 3
+    batches = [trainer.data_collator([trainer.train_dataset[i] for i in (2 * k, 2 * k + 1)]) for k in range(4)]
+    if processes == 1:
+        prepared, _ = trainer.get_batch_samples(iter(batches), 4, torch.device("cpu"))
+        step = [batch[trainer_module.PG_SAMPLES] for batch in prepared]
+        assert [batch["input_ids"].tolist() for batch in prepared] == [batch["input_ids"].tolist() for batch in batches]
+    else:
+        others = {3: torch.tensor([[10.0, 3.0, 5.0]]), 1: torch.tensor([[7.0]])}
+        monkeypatch.setattr(trainer.accelerator, "gather", lambda sums: torch.cat([sums, others[sums.shape[1]]]))
+        monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
+        step = trainer._policy_gradient_samples(batches, across_processes=True)
+
+    def redraw(batch, global_step, index):
+        prompt_ids, prompt_mask = prompts_of(batch["input_ids"], batch["labels"], pad)
+        generator = torch.Generator().manual_seed(sampling_seed(7, global_step, "policy_gradient", index, 4))
+        return sample_continuations(
+            student.eval(), teacher, prompt_ids, prompt_mask, max_new_tokens=8, temperature=1.0, teacher_mix=0.2,
+            eos_token_id=eos, pad_token_id=pad, generator=generator,
+        ).sequences  # fmt: skip
+
+    for index, (batch, drawn) in enumerate(zip(batches, step, strict=True)):
+        assert torch.equal(drawn.samples.sequences, redraw(batch, 3, index))
+    first = step[0].samples.sequences
+    assert not torch.equal(first, redraw(batches[0], 3, 1)), "two micro-batches of a step share a stream"
+    assert not torch.equal(first, redraw(batches[0], 4, 0)), "one micro-batch in two steps shares a stream"
+
+    masks = [drawn.samples.response_mask.double() for drawn in step]
+    assert len({mask.shape[1] for mask in masks}) > 1, "the micro-batches' completions should differ in length"
+    returns = [future_returns(drawn.samples.teacher_log_probs.double(), mask, 0.95) for drawn, mask in zip(step, masks)]
+    flat = torch.cat([ret[mask.bool()] for ret, mask in zip(returns, masks)])
+    tokens = sum(float(mask.sum()) for mask in masks)
+    sequences = sum(float((mask.sum(1) > 0).sum()) for mask in masks)
+    if processes == 1:
+        mean, variance = flat.mean(), flat.var(unbiased=False)
+    else:
+        tokens, sequences = tokens + 10, sequences + 3
+        mean = (flat.sum() + 5) / tokens
+        variance = (((flat - mean) ** 2).sum() + 7) / tokens
+    for drawn, ret, mask in zip(step, returns, masks):
+        assert drawn.token_count.item() == pytest.approx(tokens / processes)
+        assert drawn.sequence_count.item() == pytest.approx(sequences / processes)
+        expected = (ret - mean) / (variance.sqrt() + 1e-6) * mask
+        torch.testing.assert_close(drawn.advantages.double(), expected, atol=1e-5, rtol=1e-5)
+    per_micro_batch = normalize(returns[0], masks[0])  # what normalizing each micro-batch on its own gives
+    assert not torch.allclose(per_micro_batch, step[0].advantages.double(), atol=1e-3)
+
+
+def fixed_continuations(widths: list):
+    """A stand-in for ``sample_continuations``: each prompt's continuation depends on the prompt alone (its length
+    too), and is scored by the real models, so a prompt gets the same sample in whichever micro-batch it lands."""
+
+    def sample(student, teacher, prompt_ids, prompt_mask, *, max_new_tokens, temperature, teacher_mix, eos_token_id, **_):
+        rows = []
+        for ids, mask in zip(prompt_ids, prompt_mask):
+            key = int(ids[mask.bool()].sum())
+            rows.append([(key * 31 + 17 * t) % 500 + 5 for t in range(key % max_new_tokens)] + [eos_token_id])
+        width = max(len(row) for row in rows)
+        widths.append(width)
+        continuation = torch.zeros(len(rows), width, dtype=prompt_ids.dtype)
+        alive = torch.zeros_like(continuation)
+        for index, row in enumerate(rows):
+            continuation[index, : len(row)] = torch.tensor(row)
+            alive[index, : len(row)] = 1
+        scored = Samples(
+            torch.cat([prompt_ids, continuation], 1), torch.cat([prompt_mask, alive], 1), alive, None, None, prompt_ids.shape[1]
+        )
+        with torch.no_grad():
+            teacher_logits = response_logits(teacher, scored).float()
+            student_logits = response_logits(student, scored).float()
+        mixture = teacher_mix * torch.softmax(teacher_logits / temperature, -1)
+        mixture = mixture + (1 - teacher_mix) * torch.softmax(student_logits / temperature, -1)
+        picked = lambda rows: rows.gather(-1, continuation[..., None]).squeeze(-1)
+        scored.teacher_step_log_probs = torch.log_softmax(teacher_logits, -1)
+        scored.teacher_log_probs = picked(scored.teacher_step_log_probs)
+        scored.sampling_log_probs = picked(mixture).clamp_min(1e-30).log()
+        return scored
+
+    return sample
+
+
+def test_policy_gradient_accumulation_equals_the_full_batch(tiny, tokenizer_for, tmp_path, monkeypatch):
+    """Batch 8 vs. 4 accumulated micro-batches of 2 with the same samples per prompt, of different lengths in each
+    micro-batch: the same policy-gradient loss, penalties, logged likelihood and gradients (to 1e-5)."""
+    widths = []
+    monkeypatch.setattr(trainer_module, "sample_continuations", fixed_continuations(widths))
+    teacher = sharp_teacher(tiny)
+    student = create_student(teacher, num_layers=2, hidden_dim=16)
+    results = []
+    for batch_size, accumulation in ((8, 1), (2, 4)):
+        recorder = GradientRecorder()
+        trainer = trainer_for(
+            tiny,
+            tokenizer_for,
+            tmp_path / str(batch_size),
+            teacher=teacher,
+            student=copy.deepcopy(student),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            ce_weight=0.0,
+            kd_weight=0.0,
+            policy_gradient_weight=1.0,
+            pg_max_new_tokens=8,
+            token_frequency_penalty=0.1,
+            diversity_penalty=0.1,
+            entropy_penalty=0.1,
+        )
+        trainer.add_callback(recorder)
+        trainer.train()
+        results.append((trainer.state.log_history[0], recorder.gradients[0]))
+    assert len(set(widths[1:])) > 1, f"the micro-batches' completions should differ in length: {widths}"
+    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = results
+    names = ("loss", "pg_loss", "token_frequency_penalty", "diversity_penalty", "entropy_penalty", "teacher_log_likelihood")
+    for name in names:
+        assert accumulated_logs[name] == pytest.approx(full_logs[name], abs=1e-5, rel=1e-5), name
+    assert full_grads.keys() == accumulated_grads.keys()
+    for name, gradient in full_grads.items():
+        torch.testing.assert_close(accumulated_grads[name], gradient, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (
+            dict(ce_weight=0.5, kd_weight=0.0, policy_gradient_weight=0.5),
+            "teacher_model is required: policy_gradient_weight = 0.5 needs the teacher; pass teacher_model= or set it to 0",
+        ),
+        (
+            dict(kd_weight=0.5, hidden_weight=1.0, norm_weight=2.0),
+            "teacher_model is required: kd_weight = 0.5, hidden_weight = 1 and norm_weight = 2 need the teacher; "
+            "pass teacher_model= or set them to 0",
+        ),
+    ],
+)
+def test_a_missing_teacher_is_reported_with_only_the_settings_that_need_it(settings, message, tiny, tokenizer_for, tmp_path):
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **settings)
+    with pytest.raises(InputError) as raised:
+        DistillationTrainer(model=tiny("gpt2", layers=2, hidden=16), args=args, processing_class=tokenizer_for("gpt2"))
+    assert str(raised.value) == message

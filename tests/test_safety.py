@@ -119,15 +119,18 @@ def test_trust_remote_code_is_off_unless_the_flag_is_given():
     assert parse_command(COMMANDS["distill"], ["--trust_remote_code"])[ModelArguments].trust_remote_code is True
 
 
-def test_the_flag_reaches_every_loader_of_distill(monkeypatch):
+def test_the_flag_reaches_every_loader_of_distill(monkeypatch, tmp_path):
+    from seq2seq_distill import modeling
+
     seen = []
-    monkeypatch.setattr(pipeline.AutoConfig, "from_pretrained", lambda *a, **k: seen.append(("config", k)))
+    (tmp_path / "config.json").write_text("{}")  # a model folder as far as the path checks go; loading is faked
+    monkeypatch.setattr(modeling.AutoConfig, "from_pretrained", lambda *a, **k: seen.append(("config", k)))
     monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: seen.append(("model", k)) or object())
     monkeypatch.setattr(pipeline, "load_tokenizer", lambda *a, **k: seen.append(("tokenizer", k)))
     monkeypatch.setattr(pipeline, "task_of_model", lambda model: "seq2seq")
     for trusted in (False, True):
         seen.clear()
-        model_args = ModelArguments(teacher="/", student="/", trust_remote_code=trusted)
+        model_args = ModelArguments(teacher=str(tmp_path), student=str(tmp_path), trust_remote_code=trusted)
         pipeline.teacher_config(model_args)  # the teacher's config
         pipeline._student_config(model_args)  # the --student checks
         pipeline.build_student(object(), model_args, SimpleNamespace(seed=0))  # the --student weights

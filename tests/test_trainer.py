@@ -78,15 +78,8 @@ def test_training_steps_reduce_loss_keep_teacher_frozen_and_train_projections(mo
     assert all(moved)
 
 
-@pytest.mark.parametrize("model_type", ["t5", "bert", "gpt2"])
-def test_gradient_accumulation_equals_full_batch(model_type, tiny, tokenizer_for, tmp_path):
-    """Batch 8 vs. 4 accumulated micro-batches of 2 (each padded to its own length): same loss and gradients."""
-    tokenizer = tokenizer_for(model_type)
-    teacher = tiny(model_type, layers=4, hidden=32)
-    student = create_student(teacher, hidden_dim=16, **STUDENT_LAYERS[model_type])
-    dataset = DATASET[TASK[model_type]](tokenizer, size=8)
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    assert len(set(lengths)) > 1, "the micro-batches must differ in padding for this test to mean anything"
+def full_and_accumulated_step(model_type, tokenizer, student, teacher, tmp_path, dataset, **settings):
+    """(first logs, first gradients) of one step on batch 8, then of 4 accumulated micro-batches of 2."""
     results = []
     for batch_size, accumulation in ((8, 1), (2, 4)):
         recorder = GradientRecorder()
@@ -99,12 +92,26 @@ def test_gradient_accumulation_equals_full_batch(model_type, tiny, tokenizer_for
             dataset=dataset,
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
-            **ALL_TERMS,
+            **settings,
         )
         trainer.add_callback(recorder)
         trainer.train()
         results.append((trainer.state.log_history[0], recorder.gradients[0]))
-    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = results
+    return results
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bert", "gpt2"])
+def test_gradient_accumulation_equals_full_batch(model_type, tiny, tokenizer_for, tmp_path):
+    """Batch 8 vs. 4 accumulated micro-batches of 2 (each padded to its own length): same loss and gradients."""
+    tokenizer = tokenizer_for(model_type)
+    teacher = tiny(model_type, layers=4, hidden=32)
+    student = create_student(teacher, hidden_dim=16, **STUDENT_LAYERS[model_type])
+    dataset = DATASET[TASK[model_type]](tokenizer, size=8)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    assert len(set(lengths)) > 1, "the micro-batches must differ in padding for this test to mean anything"
+    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = full_and_accumulated_step(
+        model_type, tokenizer, student, teacher, tmp_path, dataset, **ALL_TERMS
+    )
     for name in ("loss", "ce_loss", "kd_loss", "hidden_loss", "attention_loss", "norm_loss"):
         assert accumulated_logs[name] == pytest.approx(full_logs[name], abs=1e-5, rel=1e-5), name
     assert full_grads.keys() == accumulated_grads.keys()
@@ -336,3 +343,85 @@ def test_teacher_precision_defaults():
     assert resolve_teacher_dtype("auto", gpu, train_bf16=False, train_fp16=True) == torch.float16
     assert resolve_teacher_dtype("auto", gpu, train_bf16=False, train_fp16=False) == torch.float32
     assert resolve_teacher_dtype("bfloat16", cpu, train_bf16=False, train_fp16=False) == torch.bfloat16
+
+
+def sharpened(classifier_model, seed: int = 0):
+    """A fresh classifier predicts almost uniformly (KD ~ 1e-7); a large random head gives distributions worth comparing."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = classifier_model.classifier.weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * 3.0)
+    return classifier_model
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])  # the closed-form path and the autograd path
+def test_unlabelled_rows_are_distilled_but_not_learned_from(divergence, tiny, tokenizer_for, tmp_path):
+    """-100 rows (unlabelled, e.g. -1 in the data) enter KD but not CE; each term is a mean over its own rows.
+
+    Against an independent computation from the models' logits, and exact under gradient accumulation with padding.
+    """
+    tokenizer = tokenizer_for("bert")
+    teacher = sharpened(tiny("bert", layers=4, hidden=32))
+    student = sharpened(create_student(teacher, num_encoder_layers=2), seed=1)
+    dataset = classification_dataset(tokenizer, size=8)
+    unlabelled = [1, 4, 5, 6]
+    labels = [-100 if index in unlabelled else label for index, label in enumerate(dataset["labels"])]
+    dataset = dataset.remove_columns("labels").add_column("labels", labels)
+    settings = dict(ce_weight=0.5, kd_weight=0.5, temperature=2.0, divergence=divergence)
+
+    batch = collator_for("classification", tokenizer)([dict(row) for row in dataset])
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad():
+        student_logits, teacher_logits = student.eval()(**inputs).logits, teacher.eval()(**inputs).logits
+    labelled = torch.tensor(labels) != -100
+    expected_ce = torch.nn.functional.cross_entropy(student_logits[labelled], torch.tensor(labels)[labelled])
+    log_s, log_t = torch.log_softmax(student_logits / 2.0, -1), torch.log_softmax(teacher_logits / 2.0, -1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1) if divergence == "forward_kl" else (log_s.exp() * (log_s - log_t)).sum(-1)
+    expected_kd = kl.mean() * 4.0  # all 8 rows, labelled or not, times T^2
+
+    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = full_and_accumulated_step(
+        "bert", tokenizer, student, teacher, tmp_path, dataset, **settings
+    )
+    assert full_logs["ce_loss"] == pytest.approx(expected_ce.item(), rel=1e-4)
+    assert full_logs["kd_loss"] == pytest.approx(expected_kd.item(), rel=1e-4)
+    assert full_logs["loss"] == pytest.approx(0.5 * expected_ce.item() + 0.5 * expected_kd.item(), rel=1e-4)
+    for name in ("loss", "ce_loss", "kd_loss"):
+        assert accumulated_logs[name] == pytest.approx(full_logs[name], abs=1e-5, rel=1e-5), name
+    for name, gradient in full_grads.items():
+        torch.testing.assert_close(accumulated_grads[name], gradient, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_run_with_no_row_to_train_on_stops_before_training(tiny, tokenizer_for, tmp_path):
+    """Every row unlabelled and only CE on: one clear error, not a run that logs loss 0 and 'finishes'."""
+    from seq2seq_distill.errors import InputError
+
+    tokenizer = tokenizer_for("bert")
+    teacher = sharpened(tiny("bert", layers=2))
+    dataset = classification_dataset(tokenizer, size=8)
+    dataset = dataset.remove_columns("labels").add_column("labels", [-100] * len(dataset))
+    student = create_student(teacher, num_encoder_layers=1)
+    with pytest.raises(InputError, match="every one of the 8 training rows is unlabelled .* set --kd_weight > 0"):
+        make_trainer("bert", tokenizer, student, teacher, tmp_path, dataset=dataset, ce_weight=1.0, kd_weight=0.0)
+    # with KD on, the same rows train the student: a non-zero loss and changed weights
+    trainer = make_trainer("bert", tokenizer, student, teacher, tmp_path, dataset=dataset, ce_weight=0.0, kd_weight=1.0)
+    before = parameters_copy(student)
+    trainer.train()
+    assert trainer.state.log_history[0]["kd_loss"] > 0 and trainer.state.log_history[0]["grad_norm"] > 0
+    assert any(not torch.equal(before[name], value) for name, value in parameters_copy(student).items())
+
+
+@pytest.mark.parametrize("model_type", ["t5", "gpt2"])
+def test_saved_models_keep_their_inference_use_cache(model_type, tiny, tokenizer_for, tmp_path):
+    """The Trainer turns use_cache off for training; the saved config must not carry that into inference."""
+    import json
+
+    tokenizer = tokenizer_for(model_type)
+    teacher = tiny(model_type, layers=2)
+    student = create_student(teacher, **{key: 1 for key in STUDENT_LAYERS[model_type]})
+    assert student.config.use_cache is True
+    trainer = make_trainer(model_type, tokenizer, student, teacher, tmp_path, save_strategy="steps", save_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    for folder in (tmp_path / "final", tmp_path / "checkpoint-1"):
+        assert json.loads((folder / "config.json").read_text())["use_cache"] is True, folder
+    assert student.config.use_cache is False  # training itself still runs without the cache

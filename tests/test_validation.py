@@ -128,9 +128,13 @@ def write_jsonl(path, rows):
         (
             "data.jsonl",
             b'{"story": "a", "abstract": "b"}\n{"story": "a", \n',
-            "could not read the train file .*JSON parse error.*in row 1",
+            "could not read the train file .*: line 2 is not valid JSON",  # 1-based, as an editor shows it
         ),
-        ("data.csv", b"story,abstract\na,b\nc,d,e,f\n", "could not read the train file .*Expected 2 fields in line 3, saw 4"),
+        (
+            "data.csv",
+            b"story,abstract\na,b\nc,d,e,f\n",
+            "could not read the train file .*: line 3 has 4 fields but the header has 2",
+        ),
         ("data.csv", b"story,abstract\n", "the train file .* has no rows; add examples"),
         ("data.parquet", b"PAR1 not really parquet", "could not read the train file .*Parquet"),
         ("data.jsonl", b"\n\n  \n", "the train split file .* is empty"),
@@ -181,9 +185,9 @@ def test_targets_truncated_to_nothing(tmp_path, tokenizer_for):
     "topics,known,message",
     [
         (["x", "y"], {"a": 0, "b": 1}, "labels x, y are not in the teacher's label set (a, b); relabel the data"),
-        ([["a"], ["b"]], None, "column 'topic' holds list values, not labels; labels must be strings or integers"),
-        (["a", None], None, "column 'topic' has empty labels; drop those rows or fill them in"),
-        ([1.0, float("nan")], None, "column 'topic' has empty labels"),
+        ([["a"], ["b"]], None, "column 'topic' of the train split holds lists, not labels (strings or integers)"),
+        ([None, ""], None, "column 'topic' has no label in any row (all -1 or empty)"),
+        ([-1, -1], None, "column 'topic' has no label in any row (all -1 or empty)"),
     ],
 )
 def test_bad_labels(tmp_path, tokenizer_for, topics, known, message):
@@ -279,3 +283,122 @@ def test_vocabulary_mismatch():
     assert shared_output_size(32128, 32100, 32100, "seq2seq") == 32100  # T5's padded rows are fine
     with pytest.raises(InputError, match="vocabulary mismatch: the student has 500 vocabulary rows but the teacher has 600"):
         shared_output_size(500, 600, 600, "seq2seq")
+
+
+# ---- what a terminal shows for bad data ------------------------------------------------------------------------
+
+_DRIVER = """
+import json, sys
+from seq2seq_distill.cli import main
+for argv in json.loads(sys.argv[1]):
+    code = main(argv)
+    sys.stdout.flush(); sys.stderr.flush()
+    sys.stderr.write(f"=== exit {code}\\n"); sys.stderr.flush()
+"""
+
+
+def _terminal_output(argvs: list[list[str]], cwd) -> list[tuple[int, list[str]]]:
+    """Run each argv through the CLI in one process on a pseudo-terminal; per run: (exit code, lines it printed)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("SEQ2SEQ_DISTILL_DEBUG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, json.dumps(argvs)], stdin=follower, stdout=follower, stderr=follower, cwd=cwd, env=env
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=300) == 0
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    runs, lines = [], []
+    for line in text.split("\n"):
+        if line.startswith("=== exit "):
+            runs.append((int(line.split()[-1]), lines))
+            lines = []
+        elif line.strip():
+            lines.append(line)
+    return runs
+
+
+def test_bad_data_files_show_one_line_on_a_terminal(tmp_path):
+    """Malformed files and bad columns: exactly one line, ours, with 1-based line numbers; no library log or bar."""
+    rows = [json.dumps({"story": f"story {i} about a cat", "abstract": f"tale {i}"}) for i in range(10)]
+    files = {
+        "cut.jsonl": "\n".join(rows[:6]) + "\n" + rows[6][:15] + "\n" + "\n".join(rows[7:]) + "\n",
+        "array.jsonl": "\n".join(rows[:6]) + "\n[1, 2]\n" + "\n".join(rows[7:]) + "\n",
+        "quote.csv": "story,abstract\n" + "".join(f"s{i},t{i}\n" for i in range(6)) + '"never closed,t\ns8,t8\n',
+        "extra.csv": "story,abstract\n" + "".join(f"s{i},t{i}\n" for i in range(6)) + "a,b,c\ns8,t8\n",
+        "objects.jsonl": "".join(json.dumps({"story": f"s{i}", "abstract": {"text": "t"}}) + "\n" for i in range(10)),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    expected = {
+        "cut.jsonl": "could not read the train file 'cut.jsonl': line 7 is not valid JSON",
+        "array.jsonl": "could not read the train file 'array.jsonl': line 7 is a JSON array, not an object",
+        "quote.csv": "could not read the train file 'quote.csv': the quote opened on line 8 is never closed",
+        "extra.csv": "could not read the train file 'extra.csv': line 8 has 3 fields but the header has 2",
+        "objects.jsonl": "column 'abstract' of the train split holds objects, not text",
+    }
+    argvs = [
+        ["train_teacher", "--dataset_local_path", name, "--dataset_input_column", "story", "--dataset_target_column",
+         "abstract", "--output_dir", str(tmp_path / "out")]
+        for name in files
+    ]  # fmt: skip
+    runs = _terminal_output(argvs, tmp_path)
+    assert len(runs) == len(files)
+    for name, (code, lines) in zip(files, runs, strict=True):
+        assert code == 2, (name, lines)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected[name] in lines[0], (name, lines)
+
+
+def test_a_folder_that_holds_no_model_is_one_line_naming_what_it_holds(tmp_path, folders, capsys):
+    """The output folder of a run that stopped (only checkpoints/) and other non-model folders, wherever a model is read."""
+    teacher = folders("teacher", tiny_config("t5", 600, hidden=32, layers=2))
+    stopped = tmp_path / "stopped"
+    complete, cut_off = stopped / "checkpoints" / "checkpoint-2", stopped / "checkpoints" / "checkpoint-3"
+    for checkpoint in (complete, cut_off):
+        checkpoint.mkdir(parents=True)
+        tiny_config("t5", 600, hidden=32, layers=1).save_pretrained(checkpoint)
+    (complete / "model.safetensors").write_bytes(b"")
+    (complete / "trainer_state.json").write_text("{}")  # checkpoint-3 has no trainer_state.json: cut off while saving
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "readme.txt").write_text("not a model")
+    (tmp_path / "empty").mkdir()
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    data_flags = ["--dataset_local_path", str(data), "--dataset_input_column", "story", "--dataset_target_column", "abstract"]
+    stopped_message = (
+        f"holds no model, only checkpoints/ (a run that did not finish); pass {complete}, or finish the run with "
+        "--resume_from_checkpoint latest"
+    )
+    cases = [
+        (["benchmark", "--models", teacher, str(stopped)], f"--models {str(stopped)!r} {stopped_message}"),
+        (
+            ["distill", "--teacher_local_path", str(stopped), *data_flags],
+            f"--teacher_local_path {str(stopped)!r} {stopped_message}",
+        ),
+        (
+            ["distill", "--teacher", teacher, "--student", str(stopped), *data_flags],
+            f"--student {str(stopped)!r} {stopped_message}",
+        ),
+        (["make_student", "--teacher", str(stopped)], f"--teacher {str(stopped)!r} {stopped_message}"),
+        (["distill", "--teacher", str(tmp_path / "empty"), *data_flags], "is an empty folder, not a saved model"),
+        (["benchmark", "--models", str(other)], "holds no model (no config.json; it has: readme.txt)"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        printed = capsys.readouterr().err.strip().splitlines()  # one line: not even a warning about checkpoint-3
+        assert len(printed) == 1 and printed[0].startswith("error: ") and message in printed[0], (argv, printed)
