@@ -37,8 +37,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seq2seq_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from seq2seq_distill.teacher_cache import TeacherCache  # noqa: E402
-from seq2seq_distill.trainer import CACHE_INDICES, CACHE_LOG_PROBS  # noqa: E402
+from seq2seq_distill.teacher_cache import CACHE_INDICES, CACHE_LOG_PROBS, TeacherCache  # noqa: E402
 
 VOCAB = 32_000
 BATCH, LENGTH = 4, 256

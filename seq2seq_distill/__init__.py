@@ -1,7 +1,7 @@
 """seq2seq_distill: knowledge distillation on top of the HuggingFace Trainer.
 
-The public API: two trainers, their argument dataclasses, ``create_student``, the loss functions and the teacher
-cache for offline distillation.
+The public API: two trainers, their argument dataclasses, ``create_student``, the loss functions, ``register_term``
+(a distillation term of your own, weighed by ``term_weights``) and the teacher cache for offline distillation.
 """
 
 from .arguments import DistillationSettings, DistillationTrainingArguments, Seq2SeqDistillationTrainingArguments
@@ -19,6 +19,7 @@ from .losses import (
 from .modeling import load_model
 from .students import create_student
 from .teacher_cache import TeacherCache, build_teacher_cache, load_teacher_cache
+from .terms import StepPositions, TermInputs, register_term, unregister_term
 from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
 
 __version__ = "0.1.0"
@@ -30,7 +31,9 @@ __all__ = [
     "DistillationTrainingArguments",
     "Seq2SeqDistillationTrainer",
     "Seq2SeqDistillationTrainingArguments",
+    "StepPositions",
     "TeacherCache",
+    "TermInputs",
     "attention_transfer_loss",
     "build_teacher_cache",
     "create_student",
@@ -41,6 +44,8 @@ __all__ = [
     "logit_distillation_loss",
     "norm_statistics_loss",
     "register_divergence",
+    "register_term",
     "spread_layers",
     "topk_distillation_loss",
+    "unregister_term",
 ]

@@ -11,22 +11,29 @@ nothing. The seeds' conventions map onto it as follows:
 * ``alpha * KD + (1 - alpha) * CE``  ->  ``kd_weight=alpha, ce_weight=1 - alpha``
 * ``alpha * KD + beta * CE``         ->  ``kd_weight=alpha, ce_weight=beta``
 * ``alpha * CE + (1 - alpha) * KL``  ->  ``ce_weight=alpha, kd_weight=1 - alpha``
+
+Why one module of several hundred lines: it is the one place a user reads for every setting (each field carries its
+help string, which ``--help`` prints) and where each value check sits beside the dataclass it checks. The list of
+weight settings comes from the terms table (``terms.py``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .errors import InputError
 from .losses import DIVERGENCES
+from .terms import PENALTY_WEIGHTS, PRIMARY_WEIGHTS, registered_terms
 
 HIDDEN_LOSSES = ("mse", "cosine")
 ATTENTION_LOSSES = ("kl", "mse")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
-WEIGHT_NAMES = ("ce_weight", "kd_weight", "hidden_weight", "attention_weight", "norm_weight", "policy_gradient_weight")
+# The weights that switch a built-in term on (from the table in terms.py); registered terms add term_weights.
+WEIGHT_NAMES = PRIMARY_WEIGHTS
 
 
 def check_at_least(settings, names: tuple[str, ...], minimum: int) -> None:
@@ -164,6 +171,20 @@ class DistillationSettings:
             "choices": TEACHER_DTYPES,
         },
     )
+    term_weights: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Weights of terms added with seq2seq_distill.register_term, as name=weight (e.g. "
+            "pooled_cosine_loss=0.5); in Python also a dict. A registered term without a weight is off."
+        },
+    )
+    term_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Python modules to import before the settings are checked (your own code: it runs), e.g. the "
+            "module that calls register_term for the terms named in --term_weights."
+        },
+    )
 
     def __post_init__(self) -> None:
         # Checked before TrainingArguments does its heavier setup, so a bad flag fails at once.
@@ -172,12 +193,27 @@ class DistillationSettings:
         if parent_post_init is not None:
             parent_post_init()
 
+    @property
+    def extra_term_weights(self) -> dict[str, float]:
+        """The weights of registered terms, by term name (from ``term_weights``)."""
+        return parse_term_weights(self.term_weights)
+
     def validate_distillation_settings(self) -> None:
+        import_term_modules(self.term_modules)
+        extra = parse_term_weights(self.term_weights)
+        self.term_weights = [f"{name}={value!r}" for name, value in extra.items()] or None  # one form: name=weight
+        unknown = sorted(set(extra) - set(registered_terms()))
+        if unknown:
+            known = ", ".join(sorted(registered_terms())) or "none"
+            raise InputError(
+                f"term_weights names {', '.join(unknown)}, but no such term is registered (registered: {known}); "
+                "call seq2seq_distill.register_term first, or import the module that does with --term_modules"
+            )
         for name in WEIGHT_NAMES:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if all(getattr(self, name) == 0 for name in WEIGHT_NAMES):
+        if all(getattr(self, name) == 0 for name in WEIGHT_NAMES) and not any(extra.values()):
             raise InputError("every loss weight is 0, so nothing would be trained; set --ce_weight or --kd_weight > 0")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise InputError(f"temperature must be > 0, got {self.temperature!r}")
@@ -191,7 +227,7 @@ class DistillationSettings:
             raise InputError(f"unknown hidden_loss {self.hidden_loss!r}; choose one of: {', '.join(HIDDEN_LOSSES)}")
         if self.attention_loss not in ATTENTION_LOSSES:
             raise InputError(f"unknown attention_loss {self.attention_loss!r}; choose one of: {', '.join(ATTENTION_LOSSES)}")
-        for name in ("policy_gradient_weight", "token_frequency_penalty", "diversity_penalty", "entropy_penalty"):
+        for name in PENALTY_WEIGHTS:
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("pg_teacher_mix", "on_policy_fraction", "pg_discount"):
@@ -203,7 +239,7 @@ class DistillationSettings:
         for name in ("pg_max_new_tokens", "on_policy_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        penalties = [name for name in ("token_frequency_penalty", "diversity_penalty", "entropy_penalty") if getattr(self, name)]
+        penalties = [name for name in PENALTY_WEIGHTS if getattr(self, name)]
         if penalties and not self.policy_gradient_weight:
             raise InputError(
                 f"{', '.join(penalties)} apply to policy-gradient samples; set --policy_gradient_weight > 0 or drop them"
@@ -217,6 +253,37 @@ class DistillationSettings:
     def from_arguments(cls, args) -> DistillationSettings:
         """The settings carried by ``args``, or the defaults when ``args`` is a plain ``TrainingArguments``."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def parse_term_weights(values) -> dict[str, float]:
+    """``["name=0.5", ...]`` (flags, config lists) or ``{"name": 0.5}`` (Python, config mappings) -> {name: weight}."""
+    if not values:
+        return {}
+    items = values.items() if isinstance(values, dict) else (str(item).partition("=")[::2] for item in values)
+    weights = {}
+    for name, value in items:
+        name = str(name).strip()
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if not name or not math.isfinite(weight) or weight < 0:
+            raise InputError(f"term_weights entry {name}={value!r} must be name=weight with a finite weight >= 0")
+        weights[name] = weight
+    return weights
+
+
+def import_term_modules(modules) -> None:
+    """Import the user's modules that register terms (named explicitly by the user: their code runs)."""
+    import importlib
+
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise InputError(
+                f"--term_modules {module!r} cannot be imported ({error}); put it on PYTHONPATH or install it"
+            ) from None
 
 
 @dataclass
@@ -506,6 +573,17 @@ class BenchmarkArguments:
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise InputError(f"device {self.device!r} asked for, but no CUDA GPU is available here; use --device cpu")
 
+    def named_models(self) -> dict[str, str]:
+        """{display name: model} of ``--models``: names from ``--model_names``, else the folder names."""
+        if not self.models:
+            raise InputError("benchmark needs --models: the teacher first, then the students (folders or hub names)")
+        names = self.model_names or [os.path.basename(os.path.normpath(path)) for path in self.models]
+        if len(names) != len(self.models):
+            raise InputError(f"--model_names has {len(names)} names for {len(self.models)} models; give one per model")
+        if len(set(names)) != len(names):
+            raise InputError(f"model names must be distinct, got {', '.join(names)}; set --model_names")
+        return dict(zip(names, self.models, strict=True))
+
 
 @dataclass
 class CacheArguments:
@@ -521,3 +599,67 @@ class CacheArguments:
     def __post_init__(self) -> None:
         if self.cache_top_k < 1:
             raise InputError(f"cache_top_k must be at least 1, got {self.cache_top_k}")
+
+
+# ---- checks across argument objects ----------------------------------------------------------------------------
+
+# TrainingArguments values the Trainer would only trip over mid-run (a DataLoader error, a division by zero).
+TRAINING_MINIMUMS = {
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 0,
+    "num_train_epochs": 0,
+    "dataloader_num_workers": 0,
+    "seed": 0,
+}
+
+
+def check_run_values(objects) -> None:
+    """Ranges the dataclasses do not check themselves: no nan / inf anywhere, and sane Trainer settings.
+
+    Run on every command's parsed objects (``TrainingArguments`` is the Transformers' class: its ranges are
+    checked here rather than in a ``__post_init__`` of ours).
+    """
+    for obj in objects:
+        for item in fields(obj):
+            value = getattr(obj, item.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{item.name} must be a finite number, got {value!r}")
+        if not isinstance(obj, TrainingArguments):
+            continue
+        for name, minimum in TRAINING_MINIMUMS.items():
+            check_at_least(obj, (name,), minimum)
+        if obj.seed >= 2**32:
+            raise InputError(f"seed must be below 2**32, got {obj.seed}")
+        if obj.save_strategy == "steps" and not obj.save_steps > 0:
+            raise InputError(f"save_steps must be > 0 with --save_strategy steps, got {obj.save_steps!r}")
+        if not 0 <= obj.label_smoothing_factor < 1:
+            raise InputError(f"label_smoothing_factor must be in [0, 1), got {obj.label_smoothing_factor!r}")
+
+
+# What one command needs of its settings together, checked when the command starts (not when it is parsed: every
+# command parses with no flags, for --help and --create-config).
+
+
+def check_pipeline_training(training_args) -> None:
+    """``pipeline`` runs several trainings: one ``--resume_from_checkpoint`` cannot resume them all."""
+    if training_args.resume_from_checkpoint:
+        raise InputError(
+            "pipeline runs several trainings; resume the one that stopped with train_teacher / distill and its output folder"
+        )
+
+
+def check_cache_destination(training_args) -> None:
+    """``cache_teacher`` writes to ``--teacher_cache``, so that path must be given."""
+    if not training_args.teacher_cache:
+        raise InputError("cache_teacher writes the cache to --teacher_cache PATH; give that path")
+
+
+def check_cached_student(model_args: ModelArguments) -> None:
+    """``distill --teacher_cache`` never loads the teacher, so the student cannot be built from it: it is given."""
+    if not model_args.student:
+        raise InputError(
+            "--teacher_cache trains without loading the teacher, so give the student with --student PATH "
+            "(make_student builds a layer-copied one)"
+        )

@@ -5,6 +5,10 @@ length-sorted batches to waste less padding), the same tokenizer and the same ge
 the teacher's generation config unless flags set them). Timings exclude warm-up runs. Outputs, in the output folder:
 ``benchmark_results.json``, ``comparison_table.csv``, ``benchmark_report.md`` (first line: the verdict),
 ``sample_predictions.md``, ``quality_vs_latency.png`` and, when training logs are at hand, ``training_curves.png``.
+
+Running the models is ``inference.py``'s job and writing the files ``reports.py``'s; this module is the measuring
+only (quality, agreement, speed, size, the verdict), kept together past 400 lines so that one procedure measures
+every model and the verdict's rule sits beside the figures it judges.
 """
 
 from __future__ import annotations
@@ -23,23 +27,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .arguments import BenchmarkArguments, DataArguments, ModelArguments
-from .data import PreparedData, collator_for, has_trained_labels, load_raw_splits, prepare_data
+from .arguments import BenchmarkArguments
+from .data import PreparedData, collator_for
 from .errors import InputError
+from .inference import EvaluationSet, TaskRunner, batches, evaluation_set, predict_in_batches
 from .metrics import bleu_scores, classification_scores, generation_length, perplexity, prediction_agreement, rouge_scores
-from .modeling import (
-    load_config,
-    load_model,
-    load_tokenizer,
-    output_rows,
-    resolve_model_path,
-    shared_output_size,
-    task_of_config,
-)
-from .processes import is_main_process
+from .modeling import load_model, logit_rows, output_rows, resolve_model_path, shared_output_size
+from .processes import default_device
 from .reports import METRIC_LABELS, write_reports
 
 logger = logging.getLogger(__name__)
@@ -116,6 +112,21 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Stopwatch:
+    """Adds up the seconds of the blocks it times (``with stopwatch():``), the device synchronized around each."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, 0.0
+
+    @contextmanager
+    def __call__(self):
+        _synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        _synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+
+
 def parameter_counts(model: PreTrainedModel) -> dict:
     """Total parameters and parameters outside embedding tables (the part that sets the compute per token)."""
     parameters = {id(p): p for p in model.parameters()}
@@ -136,94 +147,7 @@ def size_on_disk_mb(model: PreTrainedModel) -> float:
         return sum(os.path.getsize(os.path.join(folder, name)) for name in weights) / 2**20
 
 
-# ---- inference, per task ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvaluationSet:
-    """One split ready for inference: features in length-sorted batches, references and label ids."""
-
-    features: list[dict]
-    order: list[int]
-    references: list
-    sources: list[str]
-
-
-def evaluation_set(data: PreparedData, split: str) -> EvaluationSet:
-    if split not in data.tokenized:
-        raise InputError(f"--benchmark_split {split!r} not in the data (splits: {', '.join(data.tokenized)})")
-    tokenized = data.tokenized[split]
-    raw = data.raw[split]
-    if data.task == "classification":
-        references = list(tokenized["labels"])
-    elif data.target_column is not None:
-        references = list(raw[data.target_column])
-    else:
-        references = [None] * len(raw)
-    features = [dict(row) for row in tokenized]
-    order = sorted(range(len(features)), key=lambda index: len(features[index]["input_ids"]))
-    return EvaluationSet(features, order, references, data.source_texts(split))
-
-
-def _prompt_only(feature: dict) -> dict:
-    """The prompt part of a causal-LM example (the positions whose label is -100)."""
-    prompt_length = next((i for i, label in enumerate(feature["labels"]) if label != -100), len(feature["labels"]))
-    ids = feature["input_ids"][:prompt_length]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids)}
-
-
-class TaskRunner:
-    """Runs one model on batches of one task: predictions for quality, timed the same way for every model."""
-
-    def __init__(self, model, tokenizer, task: str, generation: dict, device: torch.device):
-        self.model, self.tokenizer, self.task, self.generation, self.device = model, tokenizer, task, generation, device
-        self.input_collator = collator_for("classification", tokenizer)  # pads input_ids / attention_mask only
-
-    @torch.no_grad()
-    def predict(self, features: list[dict]) -> tuple[list, list[int]]:
-        """(predictions, generated token counts) for a batch."""
-        if self.task == "classification":
-            batch = self._inputs(features)
-            return self.model(**batch).logits.argmax(-1).tolist(), [1] * len(features)
-        if self.task == "seq2seq":
-            batch = self._inputs(features)
-            generated = self.model.generate(**batch, **self.generation)
-            new_tokens = generated[:, 1:]  # the decoder start token is not generated
-        else:
-            padding_side = self.tokenizer.padding_side
-            self.tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
-            try:
-                batch = self._inputs([_prompt_only(feature) for feature in features])
-            finally:
-                self.tokenizer.padding_side = padding_side
-            generated = self.model.generate(**batch, **self.generation, pad_token_id=self.tokenizer.pad_token_id)
-            new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        counts = _generated_counts(new_tokens, self.tokenizer)
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), counts
-
-    def _inputs(self, features: list[dict]) -> dict:
-        keep = [
-            {k: v for k, v in feature.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for feature in features
-        ]
-        return {name: tensor.to(self.device) for name, tensor in self.input_collator(keep).items()}
-
-
-def _generated_counts(new_tokens: torch.Tensor, tokenizer) -> list[int]:
-    """Tokens up to and including the first EOS (padding after it is not generated work)."""
-    counts = []
-    for row in new_tokens.tolist():
-        length = len(row)
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in row:
-            length = row.index(tokenizer.eos_token_id) + 1
-        while length and row[length - 1] == tokenizer.pad_token_id and row[length - 1] != tokenizer.eos_token_id:
-            length -= 1
-        counts.append(length)
-    return counts
-
-
-def _batches(order: list[int], batch_size: int):
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+# ---- one model ------------------------------------------------------------------------------------------------
 
 
 def evaluate_model(
@@ -242,23 +166,15 @@ def evaluate_model(
     with peak_memory(device) as memory:
         model = load_model(path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
         runner = TaskRunner(model, tokenizer, data.task, generation, device)
-        batches = list(_batches(evaluation.order, args.benchmark_batch_size))
-        for batch in batches[: args.warmup_batches]:
+        batch_order = list(batches(evaluation.order, args.benchmark_batch_size))
+        for batch in batch_order[: args.warmup_batches]:
             runner.predict([evaluation.features[i] for i in batch])
-        predictions: list = [None] * len(evaluation.features)
-        generated_tokens, elapsed = 0, 0.0
-        for batch in tqdm(batches, desc=f"evaluating {name}", leave=False):
-            _synchronize(device)
-            start = time.perf_counter()
-            outputs, counts = runner.predict([evaluation.features[i] for i in batch])
-            _synchronize(device)
-            elapsed += time.perf_counter() - start
-            generated_tokens += sum(counts)
-            for index, output, count in zip(batch, outputs, counts, strict=True):
-                predictions[index] = (output, count)
+        stopwatch = _Stopwatch(device)
+        result.predictions, counts = predict_in_batches(
+            runner, evaluation.features, batch_order, timer=stopwatch, desc=f"evaluating {name}", leave=False
+        )
+        generated_tokens, elapsed = sum(counts), stopwatch.seconds
         latencies, latency_tokens = _latencies(runner, evaluation, args, device)
-    result.predictions = [prediction for prediction, _ in predictions]
-    counts = [count for _, count in predictions]
     result.quality = _quality(data, evaluation, result.predictions, counts, model, tokenizer, device, args)
     result.cost = {
         **parameter_counts(model),
@@ -330,7 +246,7 @@ def _perplexity(model, tokenizer, data, evaluation, device, args) -> float:
     """Per-token perplexity of the targets under teacher forcing (the completion for prompt + completion data)."""
     collator = collator_for(data.task, tokenizer, None)
     total_nll, total_tokens = 0.0, 0
-    for batch_indices in _batches(evaluation.order, args.benchmark_batch_size):
+    for batch_indices in batches(evaluation.order, args.benchmark_batch_size):
         batch = collator([evaluation.features[i] for i in batch_indices])
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
@@ -365,7 +281,7 @@ def teacher_agreement(
         student = load_model(path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
         shared = shared_output_size(output_rows(student), output_rows(teacher), len(tokenizer), data.task)
         kl_sum, agree, positions = 0.0, 0, 0
-        for batch_indices in _batches(evaluation.order, args.benchmark_batch_size):
+        for batch_indices in batches(evaluation.order, args.benchmark_batch_size):
             batch = collator([evaluation.features[i] for i in batch_indices])
             batch = {key: tensor.to(device) for key, tensor in batch.items()}
             labels = batch.pop("labels")
@@ -373,9 +289,9 @@ def teacher_agreement(
                 batch["decoder_input_ids"] = teacher.prepare_decoder_input_ids_from_labels(labels=labels)
             student_logits = student(**batch).logits
             teacher_logits = teacher(**batch).logits
-            if data.task == "causal_lm":
-                student_logits, teacher_logits, labels = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
-            mask = labels != -100
+            if data.task == "causal_lm":  # position t predicts token t + 1 (logit_rows)
+                student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+            mask = logit_rows(data.task, labels, batch["attention_mask"]).distill  # the rows distillation compares
             student_log_probs = F.log_softmax(student_logits[mask][..., :shared].float(), -1)
             teacher_log_probs = F.log_softmax(teacher_logits[mask][..., :shared].float(), -1)
             kl_sum += F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum").item()
@@ -432,7 +348,7 @@ def run_benchmark(
     teacher_name = teacher_name or args.teacher_name or next(iter(models))
     if teacher_name not in models:
         raise InputError(f"--teacher_name {teacher_name!r} is not one of the models ({', '.join(models)})")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
     evaluation = evaluation_set(data, args.benchmark_split)
     if data.task == "classification" and all(label < 0 for label in evaluation.references):
         raise InputError(
@@ -490,10 +406,11 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
             retained[metric] = 100.0 * value / reference if reference else float("nan")
     note = None if result is teacher else speedup_reliability(cost, teacher_cost, result.name, teacher.name)
     return {
-        # Generation: the same work is a token, so speed compares time per generated token; classification: per example.
+        # Generation: the same work is a token, so speed compares the median time per generated token; classification:
+        # the median time per example. Both are the figures speedup_reliability checks.
         "speedup_latency": (
-            teacher_cost["latency_per_token_ms"] / cost["latency_per_token_ms"]
-            if "generated_tokens_per_second" in cost
+            teacher_cost["latency_per_token_p50_ms"] / cost["latency_per_token_p50_ms"]
+            if "latency_per_token_p50_ms" in cost
             else teacher_cost["latency_p50_ms"] / cost["latency_p50_ms"]
         ),
         "speedup_throughput": cost["examples_per_second"] / teacher_cost["examples_per_second"],
@@ -502,6 +419,7 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
         "quality_retained": retained.get(main_metric, float("nan")),
         "quality_retained_by_metric": retained,
         "speedup_note": note,  # None: the latency speed-up is a meaningful ratio; else why it is not
+        "speedup_latency_reliable": note is None,  # the same, as a column of the CSV table
     }
 
 
@@ -568,88 +486,3 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-# ---- the command -----------------------------------------------------------------------------------------------
-
-
-def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args: BenchmarkArguments) -> dict:
-    """``seq2seq-distill benchmark --models A B C``: same data, tokenizer and generation settings for all."""
-    if not args.models:
-        raise InputError("benchmark needs --models: the teacher first, then the students (folders or hub names)")
-    names = args.model_names or [os.path.basename(os.path.normpath(path)) for path in args.models]
-    if len(names) != len(args.models):
-        raise InputError(f"--model_names has {len(names)} names for {len(args.models)} models; give one per model")
-    if len(set(names)) != len(names):
-        raise InputError(f"model names must be distinct, got {', '.join(names)}; set --model_names")
-    if not is_main_process():  # under torchrun: one process measures and writes, the others would only compete with it
-        return {"verdict": "this process skipped the benchmark: it runs on the main process", "skipped": True}
-    paths = [resolve_model_path(path, "--models") for path in args.models]
-    configs = [load_config(path, flag="--models", trust_remote_code=model_args.trust_remote_code) for path in paths]
-    task = model_args.task or task_of_config(configs[0])
-    tokenizer = load_tokenizer(
-        model_args.custom_tokenizer_local_path or paths[0], flag="--models", trust_remote_code=model_args.trust_remote_code
-    )
-    _check_same_tokenizer(tokenizer, paths, names, model_args.trust_remote_code)
-    known_labels = has_trained_labels(configs[0]) if task == "classification" else None
-    raw = load_raw_splits(data_args, task, evaluates=args.benchmark_split == "validation", known_labels=known_labels)
-    data = prepare_data(raw, tokenizer, task, data_args, known_labels)
-    training_logs = {name: os.path.join(path, "training_metrics.json") for name, path in zip(names, paths, strict=True)}
-    return run_benchmark(
-        dict(zip(names, paths, strict=True)),
-        data,
-        tokenizer,
-        args,
-        args.benchmark_output_dir,
-        training_logs=training_logs,
-        max_target_length=data_args.max_target_length,
-    )
-
-
-def _check_same_tokenizer(tokenizer, paths: list[str], names: list[str], trust_remote_code: bool = False) -> None:
-    reference = tokenizer.get_vocab()
-    for name, path in zip(names, paths, strict=True):
-        if not os.path.isdir(path) or not any(
-            os.path.exists(os.path.join(path, file)) for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-        ):
-            continue
-        other = load_tokenizer(path, flag="--models", trust_remote_code=trust_remote_code).get_vocab()
-        if other != reference:
-            raise InputError(
-                f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(reference)}); benchmark models "
-                "that share one tokenizer, or pass --custom_tokenizer_local_path if only the files differ"
-            )
-
-
-# ---- validation by generation ----------------------------------------------------------------------------------
-
-
-def generation_predictions(
-    model, tokenizer, data: PreparedData, split: str, *, max_new_tokens: int, sampled: bool, seed: int, batch_size: int = 16
-) -> dict:
-    """Greedy or sampled continuations of a split's inputs, scored with the benchmark's metrics (ROUGE, BLEU, length)."""
-    device = next(model.parameters()).device
-    evaluation = evaluation_set(data, split)
-    settings = {"max_new_tokens": max_new_tokens, "do_sample": sampled, "num_beams": 1}
-    if sampled:
-        settings.update(top_k=0, top_p=1.0, temperature=1.0)
-        torch.manual_seed(seed)
-    runner = TaskRunner(model, tokenizer, data.task, settings, device)
-    was_training = model.training
-    model.eval()
-    outputs: list = [None] * len(evaluation.features)
-    for batch in _batches(evaluation.order, batch_size):
-        texts, counts = runner.predict([evaluation.features[i] for i in batch])
-        for index, text, count in zip(batch, texts, counts, strict=True):
-            outputs[index] = (text, count)
-    model.train(was_training)
-    predictions = [text for text, _ in outputs]
-    metrics = {"generated_length": generation_length([count for _, count in outputs])}
-    if all(reference is not None for reference in evaluation.references):
-        metrics.update(rouge_scores([p or "" for p in predictions], evaluation.references))
-        metrics.update(bleu_scores([p or "" for p in predictions], evaluation.references))
-    rows = [
-        {"input": source, "reference": reference, "prediction": prediction}
-        for source, reference, prediction in zip(evaluation.sources, evaluation.references, predictions, strict=True)
-    ]
-    return {"split": split, "settings": settings, "metrics": metrics, "predictions": rows}

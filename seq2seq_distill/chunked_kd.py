@@ -17,6 +17,10 @@ When the ``liger_kernel`` package is importable and the tensors are on CUDA, div
 log-probabilities (forward KL, JS, generalized JSD with 0 < beta < 1) use its fused Triton kernels inside each
 chunk instead of the PyTorch divergence. That path is kept in :func:`_liger_chunk_loss` and has not been run in
 this project's CI, which has no GPU.
+
+Why one module of about 440 lines: the autograd function, the closed-form chunk losses, the Liger path and the
+step's CE / KD pass over live or cached teacher rows are one mechanism, and they are tested together against the
+plain reference functions of ``losses.py``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ import torch.nn.functional as F
 
 from .losses import (
     DIVERGENCES,
+    cross_entropy_sum,
     forward_kl,
     generalized_jsd,
     get_divergence,
     jensen_shannon,
     logit_distillation_loss,
+    topk_distillation_loss,
 )
 
 # loss_fn(student_chunk [n, V], teacher_chunk [n, V]) -> summed loss of the chunk, times T**2 (a scalar).
@@ -305,4 +311,137 @@ def chunked_logit_distillation_loss(
     return loss
 
 
-__all__ = ["chunked_logit_distillation_loss", "chunked_row_losses", "fused_ce_forward_kl", "kd_chunk_function", "uses_liger"]
+# ---- the step's CE / KD pass ------------------------------------------------------------------------------------
+
+
+class LiveTeacherRows:
+    """Teacher rows from the live teacher's logits of this batch: the same flat rows as the student's."""
+
+    cached = False
+
+    def __init__(self, teacher_logits: torch.Tensor, shared_rows: int | None = None):
+        self.flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+        self.shared_rows = shared_rows
+        self.rows = self.rows_on_cpu = None
+
+    def bind(self, rows: torch.Tensor, rows_on_cpu: torch.Tensor) -> LiveTeacherRows:
+        """The flat rows the pass walks over (the distilled rows of the student's logits)."""
+        self.rows, self.rows_on_cpu = rows, rows_on_cpu
+        return self
+
+    def chunk(self, start: int, end: int) -> torch.Tensor:
+        """``[n, shared_rows]`` teacher logits of distilled rows ``start:end`` (the output rows both models share)."""
+        return select_rows(self.flat, self.rows, self.rows_on_cpu, start, end)[:, : self.shared_rows]
+
+
+class CachedTeacherRows:
+    """Teacher rows from a top-k cache (``teacher_cache.py``): one row per distilled position, in the same order."""
+
+    cached = True
+
+    def __init__(self, log_probs: torch.Tensor, indices: torch.Tensor):
+        self.log_probs, self.indices = log_probs, indices
+
+    def chunk(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([n, k] log-probabilities at the distillation temperature, [n, k] token ids)`` of rows ``start:end``."""
+        return self.log_probs[start:end], self.indices[start:end]
+
+
+def ce_kd_row_pass(
+    student_logits: torch.Tensor,
+    row_mask: torch.Tensor,
+    row_labels: torch.Tensor | None,
+    teacher_rows: LiveTeacherRows | CachedTeacherRows | None,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    ce_scale: torch.Tensor,
+    kd_scale: torch.Tensor,
+    divergence: str,
+    temperature: float,
+    beta: float,
+    label_smoothing: float,
+    shared_rows: int | None,
+    chunk_elements: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CE and KD in one chunked pass over the distilled rows of the student's flat logits.
+
+    ``row_mask`` marks, over the student's logits without their last dimension, the rows that enter the pass (see
+    ``modeling.logit_rows``); ``row_labels`` holds their labels (-100 on rows without one: CE skips them, KD does
+    not). A weight of 0 switches its term off. ``ce_scale`` / ``kd_scale`` are one over the step-wide count of each
+    term's rows, so the micro-batches of a step add up to the full batch. Rows are selected by index, so no
+    ``[N, V]`` copy of either model's logits is made; each chunk computes its loss and gradient at once, with the
+    weights and the normalization folded in. Returns the weighted loss and the active terms (detached) by name.
+    """
+    names = [name for name, weight in (("ce_loss", ce_weight), ("kd_loss", kd_weight)) if weight > 0]
+    if not names:
+        return ce_scale.new_zeros(()), {}
+    rows = row_mask.reshape(-1).nonzero().squeeze(-1)
+    rows_on_cpu = rows.cpu()
+    student_flat = student_logits.reshape(-1, student_logits.shape[-1])
+    if isinstance(teacher_rows, LiveTeacherRows):
+        teacher_rows.bind(rows, rows_on_cpu)
+    scales = torch.stack([scale for scale, weight in ((ce_scale, ce_weight), (kd_scale, kd_weight)) if weight > 0])
+    closed_form = not kd_weight or (
+        DIVERGENCES.get(divergence) is forward_kl and not uses_liger(divergence, temperature, beta, rows.device)
+    )
+    if closed_form:
+        # CE and forward KL know their gradients: no autograd graph per chunk (see fused_ce_forward_kl).
+        ce_step, kd_step = torch.stack([ce_scale, kd_scale]).tolist()  # one device sync per micro-batch
+
+        def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
+            teacher_chunk = teacher_top = None
+            if kd_weight and teacher_rows.cached:
+                teacher_top = teacher_rows.chunk(start, end)
+            elif kd_weight:
+                teacher_chunk = teacher_rows.chunk(start, end)
+            total, parts, grad = fused_ce_forward_kl(
+                student_chunk,
+                row_labels[start:end] if row_labels is not None else None,
+                ce_weight=ce_weight * ce_step,
+                kd_weight=kd_weight * kd_step,
+                temperature=temperature,
+                label_smoothing=label_smoothing,
+                shared=shared_rows,
+                teacher_chunk=teacher_chunk,
+                teacher_top=teacher_top,
+            )
+            return total, parts * scales, grad
+
+    else:
+        kd_chunk = kd_chunk_function(divergence, temperature, beta, rows.device)
+
+        def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
+            parts, loss = [], 0.0
+            if ce_weight:
+                ce = cross_entropy_sum(student_chunk, row_labels[start:end], label_smoothing)
+                parts.append(ce)
+                loss = loss + ce_weight * ce * ce_scale
+            student_shared = student_chunk[:, :shared_rows]
+            if teacher_rows.cached:
+                log_probs, indices = teacher_rows.chunk(start, end)
+                kd = topk_distillation_loss(
+                    student_shared, log_probs, indices, divergence=divergence, temperature=temperature, beta=beta
+                )
+            else:
+                kd = kd_chunk(student_shared, teacher_rows.chunk(start, end))
+            parts.append(kd)
+            loss = loss + kd_weight * kd * kd_scale
+            return loss, torch.stack(parts).detach() * scales
+
+    loss, sums = chunked_row_losses(
+        student_flat, chunk_loss, rows=rows, rows_on_cpu=rows_on_cpu, num_terms=len(names), chunk_elements=chunk_elements
+    )
+    return loss, dict(zip(names, sums.unbind(), strict=True))
+
+
+__all__ = [
+    "CachedTeacherRows",
+    "LiveTeacherRows",
+    "ce_kd_row_pass",
+    "chunked_logit_distillation_loss",
+    "chunked_row_losses",
+    "fused_ce_forward_kl",
+    "kd_chunk_function",
+    "uses_liger",
+]

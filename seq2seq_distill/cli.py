@@ -6,85 +6,45 @@ Every command is parsed by ``HfArgumentParser``, so every ``TrainingArguments`` 
 as the flags; the flags override it. Keys and flags no command knows are errors; those another command uses are
 ignored (a flag with a note), so one config file or one copied command line can serve ``train_teacher``,
 ``distill``, ``benchmark`` and ``pipeline``.
+
+This module is the shell only: the table of commands, parsing (built-in defaults < embedded preset < config file <
+flags), help, the dry run and the exit statuses. The work of each command is a function in ``commands.py``, config
+files are read and written by ``config_files.py``, the starting values are in ``presets.py`` and the value checks
+beside the argument classes in ``arguments.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import json
 import logging
-import math
 import os
 import sys
-from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
 
 from .arguments import (
     BenchmarkArguments,
     CacheArguments,
     DataArguments,
-    DistillationSettings,
     ModelArguments,
     PipelineArguments,
     PseudoLabelArguments,
     RunArguments,
     Seq2SeqDistillationTrainingArguments,
-    check_at_least,
+    check_run_values,
 )
+from .config_files import config_defaults, read_config_file, write_config
 from .errors import InputError, NonFiniteLossError
 from .guards import TrainingInterrupted
+from .presets import DATA_SOURCE_KEYS, TRAINING_DEFAULTS, embedded_defaults
 from .processes import is_main_process
 
+__all__ = ["COMMANDS", "Command", "all_setting_names", "build_parser", "console_main", "main", "parse_command", "run"]
+
 logger = logging.getLogger("seq2seq_distill")
-
-# Trainer settings that suit every command here; any TrainingArguments flag overrides them.
-TRAINING_DEFAULTS = {
-    "report_to": "none",
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "logging_steps": 10,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 32,
-}
-
-# The embedded default (no data source, no teacher, no config): stdlib docstring summarization with a small T5
-# teacher trained from scratch; sized to finish the whole pipeline in minutes on 2 CPU cores.
-EMBEDDED_DEFAULTS = {
-    "max_source_length": 96,
-    "max_target_length": 24,
-    "scratch_hidden_size": 128,
-    "scratch_num_layers": 6,
-    "scratch_vocab_size": 2000,
-    "learning_rate": 1e-3,
-    "num_train_epochs": 8,
-    "teacher_num_train_epochs": 15,
-    "temperature": 2.0,
-    "ce_weight": 0.5,
-    "kd_weight": 0.5,
-    "save_strategy": "no",
-    "max_new_tokens": 24,
-}
-
-EMBEDDED_STUDENT_LAYERS = {
-    "t5": {"num_encoder_layers": 2, "num_decoder_layers": 2},
-    "bart": {"num_encoder_layers": 2, "num_decoder_layers": 2},
-    "bert": {"num_encoder_layers": 2},
-    "gpt2": {"num_layers": 2},
-}
-
-
-def embedded_defaults(model_type: str | None) -> dict:
-    """The embedded preset for a model type (t5 when none is given): shared settings plus its student's layers."""
-    model_type = model_type or "t5"
-    return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {})}
-
 
 # --dry-run: a few steps on a few examples, outputs in a separate folder.
 DRY_RUN = {
@@ -100,34 +60,6 @@ DRY_RUN = {
     "num_sample_predictions": 2,
     "pseudo_label_batch_size": 4,
 }
-
-# TrainingArguments fields written by --create-config beside every field of this project's own dataclasses.
-TRAINING_TEMPLATE_KEYS = (
-    "output_dir",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "weight_decay",
-    "warmup_steps",
-    "lr_scheduler_type",
-    "max_grad_norm",
-    "label_smoothing_factor",
-    "seed",
-    "bf16",
-    "fp16",
-    "eval_strategy",
-    "save_strategy",
-    "save_total_limit",
-    "logging_steps",
-    "resume_from_checkpoint",
-    "report_to",
-    "dataloader_num_workers",
-    "gradient_checkpointing",
-)
-DATA_SOURCE_KEYS = ("dataset", "dataset_local_path", "teacher", "teacher_local_path")
 
 
 @dataclass(frozen=True)
@@ -146,21 +78,21 @@ def _say(message: str) -> None:
 
 
 def _run_train_teacher(parsed):
-    from .pipeline import train_teacher
+    from .commands import train_teacher
 
     run = train_teacher(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[PipelineArguments])
     _say(f"teacher saved to {run.path}")
 
 
 def _run_make_student(parsed):
-    from .pipeline import make_student
+    from .commands import make_student
 
     path = make_student(parsed[ModelArguments], parsed[_TRAINING], parsed[_TRAINING].output_dir)
     _say(f"student saved to {path}")
 
 
 def _run_distill(parsed):
-    from .pipeline import distill
+    from .commands import distill
 
     run = distill(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING])
     what = "distilled student" if run.name == "distilled" else "baseline student (CE only: no distillation term is on)"
@@ -168,21 +100,21 @@ def _run_distill(parsed):
 
 
 def _run_cache_teacher(parsed):
-    from .pipeline import cache_teacher
+    from .commands import cache_teacher
 
     path = cache_teacher(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[CacheArguments])
     _say(f"teacher cache written to {path}; distill from it with --teacher_cache {path} --student PATH")
 
 
 def _run_pseudo_label(parsed):
-    from .pipeline import pseudo_label
+    from .commands import pseudo_label
 
     path = pseudo_label(parsed[ModelArguments], parsed[DataArguments], parsed[PseudoLabelArguments])
     _say(f"pseudo-labelled dataset saved to {path}; distill it with --dataset_local_path {path}")
 
 
 def _run_benchmark(parsed):
-    from .benchmark import benchmark_command
+    from .commands import benchmark_command
 
     results = benchmark_command(parsed[ModelArguments], parsed[DataArguments], parsed[BenchmarkArguments])
     _say(results["verdict"])
@@ -190,7 +122,7 @@ def _run_benchmark(parsed):
 
 
 def _run_pipeline(parsed):
-    from .pipeline import run_pipeline
+    from .commands import run_pipeline
 
     training_args = parsed[_TRAINING]
     results = run_pipeline(
@@ -286,102 +218,14 @@ def all_setting_names() -> set[str]:
     return names
 
 
-# ---- config files ----------------------------------------------------------------------------------------------
-
-
-def read_config_file(path: str) -> dict:
-    """A flat mapping of setting names (dashes or underscores) to values, from JSON or YAML."""
-    if not os.path.isfile(path):
-        raise InputError(f"config file {path!r} does not exist")
-    extension = os.path.splitext(path)[1].lower()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if extension == ".json":
-                content = json.load(handle)
-            elif extension in (".yaml", ".yml"):
-                content = yaml.safe_load(handle)
-            else:
-                raise InputError(f"config file {path!r} must end in .json, .yaml or .yml")
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        first_line = str(error).splitlines()[0]
-        raise InputError(f"config file {path!r} is not valid {extension[1:].upper()}: {first_line}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"config file {path!r} is not UTF-8 text; re-encode it as UTF-8") from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise InputError(f"config file {path!r} must hold a mapping of setting names to values, not a {type(content).__name__}")
-    return {str(key).replace("-", "_"): value for key, value in content.items()}
-
-
-def config_defaults(values: dict, parser: _Parser, command: Command) -> dict:
-    """Config values checked and converted to the types of this command's flags; unknown names are errors."""
-    own = {action.dest: action for action in parser._actions}
-    everything = all_setting_names()
-    converted = {}
-    for key, value in values.items():
-        if key not in everything:
-            close = difflib.get_close_matches(key, sorted(everything), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; see --create-config for every setting"
-            raise InputError(f"config key {key!r} is not a setting of any command{hint}")
-        if key not in own:
-            logger.debug("config key %s is not used by %s", key, command.name)
-            continue
-        converted[key] = _convert(key, value, own[key])
-    return converted
-
-
-def _convert(key: str, value, action):
-    """One config value in the form argparse would have produced from a flag."""
-    if value is None:
-        return None
-    if action.nargs == "+":
-        items = value if isinstance(value, list) else [value]
-        return [_convert_scalar(key, item, action) for item in items]
-    if isinstance(value, (list, dict)):
-        raise InputError(f"config key {key!r} takes a single value, got {type(value).__name__} {value!r}")
-    return _convert_scalar(key, value, action)
-
-
-def _convert_scalar(key: str, value, action):
-    kind = action.type
-    try:
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            converted = int(value)
-        elif kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            converted = float(value)
-            if not math.isfinite(converted):  # nan / inf pass every range check and poison the run later
-                raise ValueError
-        elif kind is str:
-            if isinstance(value, (list, dict)):
-                raise ValueError
-            converted = str(value)
-        elif getattr(kind, "__name__", "") == "string_to_bool":
-            if not isinstance(value, (bool, str)):  # 1 or 0.5 for a switch such as trust_remote_code is a mistake
-                raise ValueError
-            converted = kind(value)
-        elif kind is not None and isinstance(value, str):
-            converted = kind(value)
-        else:
-            converted = value
-    except (ValueError, TypeError, KeyError, ArgumentTypeError):
-        expected = getattr(kind, "__name__", "value").replace("string_to_bool", "boolean").replace("float", "finite float")
-        raise InputError(f"config key {key!r} must be a {expected}, got {value!r}") from None
-    if action.choices is not None and converted not in action.choices:
-        raise InputError(f"config key {key!r} must be one of: {', '.join(map(str, action.choices))}; got {value!r}")
-    return converted
-
-
 # ---- parsing ---------------------------------------------------------------------------------------------------
 
 
 def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
     """Dataclass instances of a command: built-in defaults < embedded preset < config file < flags."""
     argv = _default_create_config_path(list(argv), command)
+    if command.name == "benchmark":  # --output_dir is where every command writes its results; here it is the reports'
+        argv = [_renamed_flag(arg, "output_dir", "benchmark_output_dir") for arg in argv]
     parser = build_parser(command)
     config_path = _flag_value(argv, "config")
     file_values = read_config_file(config_path) if config_path else {}
@@ -398,7 +242,7 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
     elif not config_path and not given & set(DATA_SOURCE_KEYS):
         parser.set_defaults(**preset)
     if file_values:
-        parser.set_defaults(**config_defaults(file_values, parser, command))
+        parser.set_defaults(**config_defaults(file_values, parser, all_setting_names(), command.name))
     try:
         *objects, remaining = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True, look_for_args_file=False
@@ -415,7 +259,7 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
         close = difflib.get_close_matches(_flag_name(flag), sorted(_destinations(parser)), n=1)
         hint = f"; did you mean --{close[0]}?" if close else f"; see seq2seq-distill {command.name} --help"
         raise InputError(f"unknown argument {flag!r} for {command.name}{hint}")
-    check_values(objects)
+    check_run_values(objects)
     return {type(obj): obj for obj in objects}
 
 
@@ -439,35 +283,10 @@ def _ignore_other_commands_flags(remaining: list[str], parser: _Parser, command:
     return kept
 
 
-# TrainingArguments values the Trainer would only trip over mid-run (a DataLoader error, a division by zero).
-TRAINING_MINIMUMS = {
-    "per_device_train_batch_size": 1,
-    "per_device_eval_batch_size": 1,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 0,
-    "num_train_epochs": 0,
-    "dataloader_num_workers": 0,
-    "seed": 0,
-}
-
-
-def check_values(objects) -> None:
-    """Ranges the dataclasses do not check themselves: no nan / inf anywhere, and sane Trainer settings."""
-    for obj in objects:
-        for field in dataclasses.fields(obj):
-            value = getattr(obj, field.name, None)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InputError(f"{field.name} must be a finite number, got {value!r}")
-        if not isinstance(obj, TrainingArguments):
-            continue
-        for name, minimum in TRAINING_MINIMUMS.items():
-            check_at_least(obj, (name,), minimum)
-        if obj.seed >= 2**32:
-            raise InputError(f"seed must be below 2**32, got {obj.seed}")
-        if obj.save_strategy == "steps" and not obj.save_steps > 0:
-            raise InputError(f"save_steps must be > 0 with --save_strategy steps, got {obj.save_steps!r}")
-        if not 0 <= obj.label_smoothing_factor < 1:
-            raise InputError(f"label_smoothing_factor must be in [0, 1), got {obj.label_smoothing_factor!r}")
+def _renamed_flag(arg: str, old: str, new: str) -> str:
+    if arg.startswith("--") and _flag_name(arg) == old:
+        return "--" + new + (arg[arg.index("=") :] if "=" in arg else "")
+    return arg
 
 
 def _flag_name(arg: str) -> str:
@@ -507,39 +326,6 @@ def apply_dry_run(parsed: dict[type, object]) -> None:
         benchmark.benchmark_output_dir = benchmark.benchmark_output_dir.rstrip("/") + "-dry-run"
 
 
-def write_config(path: str, parsed: dict[type, object], command: Command) -> None:
-    """Every setting of the command with its current value and help text, as YAML that --config reads back."""
-    lines = [
-        f"# seq2seq-distill {command.name}: every setting of this command, with its help. Edit, then run",
-        f"#   seq2seq-distill {command.name} --config {os.path.basename(path)}",
-        "# Flags given on the command line override these values. Any other TrainingArguments flag may be added.",
-    ]
-    list_flags = {action.dest for action in build_parser(command)._actions if action.nargs == "+"}
-    for argument_type, obj in parsed.items():
-        if argument_type is RunArguments:
-            continue
-        values = obj.to_dict() if isinstance(obj, TrainingArguments) else dataclasses.asdict(obj)
-        own_fields = {field.name for field in dataclasses.fields(DistillationSettings)}
-        lines.append(f"\n# ---- {argument_type.__name__} ----")
-        for field in dataclasses.fields(argument_type):
-            if not field.init or field.name.startswith("_"):
-                continue
-            if isinstance(obj, TrainingArguments) and field.name not in TRAINING_TEMPLATE_KEYS and field.name not in own_fields:
-                continue
-            value = values.get(field.name)
-            if isinstance(value, list) and field.name not in list_flags:  # e.g. report_to: [] after parsing "none"
-                value = ",".join(map(str, value)) or "none"
-            help_text = " ".join(str(field.metadata.get("help", "")).split())
-            if help_text:
-                lines.append(f"# {help_text}")
-            lines.append(yaml.safe_dump({field.name: value}, default_flow_style=True, width=1000).strip()[1:-1])
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-
-
 # ---- entry points ----------------------------------------------------------------------------------------------
 
 
@@ -567,7 +353,7 @@ def run(argv: Sequence[str]) -> int:
     if run_args.dry_run:
         apply_dry_run(parsed)
     if run_args.create_config:
-        write_config(run_args.create_config, parsed, command)
+        write_config(run_args.create_config, parsed, build_parser(command), command.name)
         print(f"wrote {run_args.create_config}; run: seq2seq-distill {command.name} --config {run_args.create_config}")
         return 0
     _configure_logging()

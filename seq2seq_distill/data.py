@@ -4,6 +4,9 @@ Sources, in order of precedence: ``--dataset_local_path`` (a ``save_to_disk`` fo
 files named by split), ``--dataset`` (the hub), else the embedded standard-library docstrings. Missing validation /
 test splits are carved out of train with ``--split_seed``, so every command of a config sees the same examples.
 Tokenization goes through ``datasets.map`` and is cached by ``datasets`` for file-backed data.
+
+Over 400 lines on purpose: it holds the per-format file diagnostics (the first bad jsonl / csv line, the byte
+offset of non-UTF-8 text, a column missing from one file), which only make sense beside the readers they explain.
 """
 
 from __future__ import annotations
@@ -182,7 +185,7 @@ FORMAT_HINTS = {
 def _unreadable(split: str, file: str, file_format: str, options: dict, error: Exception) -> InputError:
     """One line naming the file that could not be read, the line (1-based, as an editor shows it) and why."""
     where = f"the {split} file {file!r}"
-    problem = _first_bad_line(file, file_format, options)
+    problem = _first_bad_line(file, file_format, options, json_lines=file.lower().endswith(".jsonl"))
     if problem is None:
         cause = (error.__cause__ or error.__context__) if isinstance(error, DatasetsError) else error
         reason = (str(cause or error).strip().splitlines() or [type(error).__name__])[0]
@@ -192,13 +195,13 @@ def _unreadable(split: str, file: str, file_format: str, options: dict, error: E
     return InputError(f"could not read {where}: {problem}; fix the file ({FORMAT_HINTS[file_format]})")
 
 
-def _first_bad_line(file: str, file_format: str, options: dict) -> str | None:
+def _first_bad_line(file: str, file_format: str, options: dict, *, json_lines: bool = False) -> str | None:
     """Where and why a json / csv file is malformed, by our own reading (the loaders count rows from 0, or not at all).
 
     Only called after a loader failed, so reading the file once more costs nothing on good files.
     """
     if file_format == "json":
-        return _first_bad_json_line(file)
+        return _first_bad_json_line(file, json_lines)
     if file_format == "csv":
         return _first_bad_csv_line(file, options.get("delimiter", ","), options.get("column_names"))
     return None
@@ -214,10 +217,10 @@ def _json_kind(value) -> str:
     return {str: "string", list: "array", dict: "object"}[type(value)]
 
 
-def _first_bad_json_line(file: str) -> str | None:
+def _first_bad_json_line(file: str, json_lines: bool) -> str | None:
     with open(file, encoding="utf-8") as handle:
         text = handle.read()
-    if text.lstrip().startswith("["):  # one JSON document: an array of records
+    if not json_lines and text.lstrip().startswith("["):  # a .json file may be one document: an array of records
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
@@ -355,7 +358,7 @@ def _carve_missing_splits(raw: DatasetDict, data_args: DataArguments, evaluates:
     for split, fraction in (("test", data_args.test_fraction), ("validation", validation_fraction)):
         if split in raw or fraction == 0:
             continue
-        if len(raw["train"]) < 3 or round(fraction * len(raw["train"])) < 1:
+        if len(raw["train"]) < 3 or math.ceil(fraction * len(raw["train"])) < 1:  # train_test_split rounds up
             raise InputError(
                 f"the data has no {split} split and its {len(raw['train'])} train rows are too few to carve {fraction:.0%} "
                 f"out of; add a {split} file or raise --{split}_fraction"

@@ -3,7 +3,7 @@
 :class:`GracefulStop` is a ``TrainerCallback``. Between ``on_train_begin`` and ``on_train_end`` it replaces the
 SIGTERM and SIGINT handlers with one that only records the signal; at the next optimizer step's end it asks the
 Trainer to save a checkpoint and stop, so ``trainer.train()`` returns normally with the checkpoint on disk. The
-caller then sees ``stop.received`` and decides what to do; :func:`seq2seq_distill.pipeline.train_model` raises
+caller then sees ``stop.received`` and decides what to do; :func:`seq2seq_distill.training.train_model` raises
 :class:`TrainingInterrupted` instead of writing a final model, so a stopped run never looks finished.
 
 A second signal while the first is being handled restores the previous handlers and re-delivers the signal (press
@@ -122,3 +122,12 @@ class GracefulStop(TrainerCallback):
         if flag.item() and self.received is None:
             self.received = int(flag.item())
         return bool(flag.item())
+
+
+def nonfinite_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the terms that are NaN or infinite (``loss`` itself when only the total is); one device sync."""
+    values = torch.stack([loss.detach().float().reshape(()), *[value.detach().float().reshape(()) for value in terms.values()]])
+    finite = torch.isfinite(values).tolist()
+    if all(finite):
+        return []
+    return [name for name, ok in zip(terms, finite[1:], strict=True) if not ok] or ["loss"]

@@ -48,3 +48,37 @@ def check_layer_map(layer_map: Sequence[int], num_teacher_layers: int, num_stude
             f"(valid indices 0..{num_teacher_layers - 1})"
         )
     return layer_map
+
+
+def resolve_layer_map(
+    *,
+    role: str,
+    count_argument: str,
+    map_argument: str,
+    teacher_layers: int,
+    student_layers: int | None,
+    explicit: Sequence[int] | None = None,
+    recorded: Sequence[int] | None = None,
+    allow_deeper: bool = False,
+) -> list[int]:
+    """The teacher layer behind each student layer: the one rule for building a student and for pairing layers.
+
+    An explicit map (``--encoder_layer_map``) is checked and wins; else a map recorded in the student's config by
+    ``create_student`` when it still fits; else layers spread evenly (:func:`spread_layers`). ``student_layers``
+    None means "as many as the explicit map, else as the teacher" (a student being built). A student deeper than the
+    teacher can only be paired through an explicit map, and only where ``allow_deeper`` (an existing deep-and-thin
+    student; a copied student is never deeper than its teacher).
+    """
+    if student_layers is not None and student_layers > teacher_layers and not (allow_deeper and explicit is not None):
+        raise InputError(
+            f"--{count_argument} {student_layers} is more than the teacher's {teacher_layers} {role} layers; a student "
+            f"must be smaller: choose at most {teacher_layers}, or give --{map_argument} to pair deeper layers"
+        )
+    if explicit is not None:
+        return check_layer_map(
+            explicit, teacher_layers, len(explicit) if student_layers is None else student_layers, map_argument
+        )
+    count = teacher_layers if student_layers is None else student_layers
+    if recorded is not None and len(recorded) == count and max(recorded) < teacher_layers:
+        return [int(index) for index in recorded]
+    return spread_layers(teacher_layers, count)

@@ -144,11 +144,13 @@ def load_tokenizer(name_or_path: str, *, flag: str = "--teacher", trust_remote_c
     path = resolve_model_path(name_or_path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+    except (OSError, ValueError, KeyError, TypeError) as error:  # files there, but no tokenizer can be built from them
+        model_flag = flag != "--custom_tokenizer_local_path"  # a tokenizer-only folder has no config.json
+        if model_flag and os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
             raise not_a_model_folder(path, flag) from None
         if os.path.isdir(path):
-            raise InputError(f"{flag} {path!r} has no tokenizer files; pass --custom_tokenizer_local_path") from None
+            hint = "pass --custom_tokenizer_local_path" if model_flag else "give a folder written by tokenizer.save_pretrained"
+            raise InputError(f"{flag} {path!r} has no readable tokenizer files; {hint}") from None
         raise _hub_error(name_or_path, error, flag) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

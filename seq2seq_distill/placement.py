@@ -20,19 +20,17 @@ from transformers import PreTrainedModel, TrainerCallback
 logger = logging.getLogger(__name__)
 
 
-def shard_teacher(trainer, teacher: PreTrainedModel) -> PreTrainedModel:
-    """The teacher prepared for the trainer's distributed engine (unchanged without ZeRO-3 or FSDP2)."""
+def shard_teacher(trainer, teacher: PreTrainedModel) -> tuple[PreTrainedModel, list[TrainerCallback]]:
+    """The teacher prepared for the trainer's distributed engine (unchanged without ZeRO-3 or FSDP2), and the
+    callbacks the trainer must add for it. Reads the trainer's settings; changes nothing on it."""
     if getattr(trainer, "is_deepspeed_enabled", False):
         config = zero3_inference_config(trainer, teacher)
-        if config is not None:
-            # Partitioned when training starts: a partitioned weight reads as empty, and the trainer's setup still
-            # reads the teacher's output rows.
-            trainer._teacher_partition = PartitionTeacher(teacher, config)
-            trainer.add_callback(trainer._teacher_partition)
-        return teacher
+        # Partitioned when training starts: a partitioned weight reads as empty, and the trainer's setup still
+        # reads the teacher's output rows.
+        return teacher, ([PartitionTeacher(teacher, config)] if config is not None else [])
     if getattr(trainer, "is_fsdp_enabled", False):
-        return fsdp2_shard(trainer, teacher)
-    return teacher
+        return fsdp2_shard(trainer, teacher), []
+    return teacher, []
 
 
 def zero3_inference_config(trainer, teacher: PreTrainedModel) -> dict | None:

@@ -10,7 +10,10 @@ frequency (the same tokens over-used across a sequence), diversity (the tokens o
 space) and entropy (over-confident predictions).
 
 On-policy distillation (GKD) instead replaces the completions of some batches with the student's own samples and
-applies the usual divergence to the teacher on them. Everything here is a plain function; the trainer calls them.
+applies the usual divergence to the teacher on them. The pieces are plain functions that tests call on tensors;
+:class:`PolicyDistillation` puts them in order (sample every micro-batch of a step, count, then the terms), and the
+trainer calls it at two points. The module holds the whole algorithm on purpose (about 470 lines): its order is
+read in one place, and the trainer only calls it.
 
 Randomness: every sampling call gets its own generator, seeded by :func:`sampling_seed` from the run's seed, the
 optimizer step, the kind of draw and the micro-batch index, so a resumed run samples what it would have.
@@ -68,7 +71,7 @@ def sampling_seed(run_seed: int, step: int, stream: str, index: int, slots: int)
     return _mix32(packed + _mix32(run_seed))
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
@@ -119,7 +122,7 @@ def sample_continuations(
     models = [student] + ([teacher] if teacher is not None else [])
     caches: list = [None] * len(models)
     tokens, mask = prompt_ids, prompt_mask
-    step_inputs, step_positions = prompt_ids, _positions(prompt_mask)
+    step_inputs, step_positions = prompt_ids, position_ids_of(prompt_mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     chosen, reward_rows, sampling_rows, alive_rows, teacher_rows = [], [], [], [], []
     for _ in range(max_new_tokens):
@@ -151,7 +154,7 @@ def sample_continuations(
             finished = finished | (token == eos_token_id)
         tokens = torch.cat([tokens, token[:, None]], 1)
         mask = torch.cat([mask, (alive_rows[-1]).long()[:, None]], 1)
-        step_inputs, step_positions = token[:, None], _positions(mask)[:, -1:]
+        step_inputs, step_positions = token[:, None], position_ids_of(mask)[:, -1:]
         if bool(finished.all()):
             break
     response_mask = torch.stack(alive_rows, 1).long()
@@ -172,7 +175,7 @@ def response_logits(model, samples: Samples) -> torch.Tensor:
     logits = model(
         input_ids=samples.sequences,
         attention_mask=samples.attention_mask,
-        position_ids=_positions(samples.attention_mask),
+        position_ids=position_ids_of(samples.attention_mask),
         use_cache=False,
     ).logits
     steps = samples.response_mask.shape[1]
@@ -285,3 +288,187 @@ def completions_from(samples: Samples, pad_token_id: int) -> tuple[torch.Tensor,
         label_ids[index, : len(row)] = label
         attention_mask[index, : len(row)] = 1
     return input_ids, attention_mask, label_ids
+
+
+# ---- the algorithm, as the trainer calls it ---------------------------------------------------------------------
+
+# Batch field added to each micro-batch of a policy-gradient step: its StepSamples.
+PG_SAMPLES = "policy_gradient_samples"
+
+
+@dataclass(frozen=True)
+class StepClock:
+    """Where sampling stands: the run's seed, the optimizer step, and the micro-batches per step (the slots)."""
+
+    seed: int
+    step: int
+    slots: int
+
+    def generator(self, stream: str, index: int, device) -> torch.Generator:
+        """Randomness tied to the run's seed, the step, the kind of draw and the micro-batch index (never to how many
+        calls this process made), so a resumed run samples what the uninterrupted one would have; no two
+        micro-batches or kinds of draw of a process share a stream (see :func:`sampling_seed`). The rank is not in
+        the seed: under DDP each process samples its own prompts with the same streams, as one process would."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed(sampling_seed(self.seed, self.step, stream, index, self.slots))
+        return generator
+
+
+class PolicyDistillation:
+    """Policy-gradient (MiniLLM-style) and on-policy (GKD) distillation of causal LMs, whole.
+
+    The trainer calls it at two points: :meth:`prepare_step` once per optimizer step with every micro-batch (on-policy
+    batches replace completions with the student's samples; policy-gradient samples of all micro-batches are drawn
+    and counted together, so their terms are step-wide), and :meth:`terms` per micro-batch for the differentiable
+    terms. ``accelerator`` (the trainer's) gathers the step's sums across processes and knows their number.
+    """
+
+    def __init__(self, settings, teacher, tokenizer, accelerator=None):
+        self.settings = settings
+        self.teacher = teacher
+        self.tokenizer = tokenizer
+        self.accelerator = accelerator
+
+    def special_ids(self, student) -> tuple[int, int | None]:
+        eos = getattr(self.tokenizer, "eos_token_id", None) or student.generation_config.eos_token_id
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else (student.config.pad_token_id if student.config.pad_token_id is not None else eos)
+        return pad, eos
+
+    def prepare_step(
+        self, batch_samples: list[dict], student, clock: StepClock, *, across_processes: bool, policy_gradient: bool
+    ) -> tuple[list[dict], int]:
+        """The step's micro-batches as trained on, and how many became on-policy batches."""
+        replaced = 0
+        if self.settings.on_policy_fraction > 0:
+            batch_samples, replaced = self.on_policy_batches(batch_samples, student, clock)
+        if policy_gradient:
+            drawn = self.policy_gradient_samples(batch_samples, student, clock, across_processes=across_processes)
+            batch_samples = [{**batch, PG_SAMPLES: samples} for batch, samples in zip(batch_samples, drawn, strict=True)]
+        return batch_samples, replaced
+
+    @torch.no_grad()
+    def on_policy_batches(self, batch_samples: list[dict], student, clock: StepClock) -> tuple[list[dict], int]:
+        """GKD: with probability on_policy_fraction a micro-batch's completions become the student's own samples."""
+        settings = self.settings
+        pad, _ = self.special_ids(student)
+        draws = torch.rand(len(batch_samples), generator=clock.generator("on_policy_draws", 0, "cpu"))
+        replaced, count = [], 0
+        for index, (batch, draw) in enumerate(zip(batch_samples, draws.tolist(), strict=True)):
+            if draw < settings.on_policy_fraction:
+                prompt_ids, prompt_mask = prompts_of(batch["input_ids"], batch["labels"], pad)
+                samples = self.sample(
+                    student,
+                    None,
+                    prompt_ids,
+                    prompt_mask,
+                    settings.on_policy_max_new_tokens,
+                    settings.on_policy_temperature,
+                    0.0,
+                    clock.generator("on_policy", index, prompt_ids.device),
+                )
+                input_ids, attention_mask, labels = completions_from(samples, pad)
+                batch = {**batch, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+                count += 1
+            replaced.append(batch)
+        return replaced, count
+
+    def sample(self, student, teacher, prompt_ids, prompt_mask, max_new_tokens, temperature, teacher_mix, generator) -> Samples:
+        pad, eos = self.special_ids(student)
+        was_training = student.training
+        student.eval()  # sample from the policy itself, without dropout
+        try:
+            return sample_continuations(
+                student,
+                teacher,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                teacher_mix=teacher_mix,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                generator=generator,
+            )
+        finally:
+            student.train(was_training)
+
+    @torch.no_grad()
+    def policy_gradient_samples(
+        self, batch_samples: list[dict], student, clock: StepClock, *, across_processes: bool
+    ) -> list[StepSamples]:
+        """Sample every micro-batch's prompts (micro-batch i from stream ``policy_gradient``, index i), reward the
+        tokens with the teacher, and normalize the future returns with the moments of all of them together."""
+        settings = self.settings
+        pad, _ = self.special_ids(student)
+        drawn = []
+        for index, batch in enumerate(batch_samples):
+            prompt_ids, prompt_mask = prompts_of(batch["input_ids"], batch["labels"], pad)
+            drawn.append(
+                self.sample(
+                    student,
+                    self.teacher,
+                    prompt_ids,
+                    prompt_mask,
+                    settings.pg_max_new_tokens,
+                    settings.pg_sample_temperature,
+                    settings.pg_teacher_mix,
+                    clock.generator("policy_gradient", index, prompt_ids.device),
+                )
+            )
+        masks = [samples.response_mask.float() for samples in drawn]
+        returns = [future_returns(samples.teacher_log_probs, samples.response_mask, settings.pg_discount) for samples in drawn]
+        pairs = list(zip(returns, masks, strict=True))
+
+        def step_sums(rows: list[torch.Tensor]) -> torch.Tensor:  # one row of sums per micro-batch
+            sums = torch.stack(rows).sum(0)
+            return self.accelerator.gather(sums.view(1, -1)).sum(0) if across_processes else sums
+
+        tokens, sequences, return_sum = step_sums(
+            [torch.stack([mask.sum(), (mask.sum(1) > 0).float().sum(), (ret * mask).sum()]) for ret, mask in pairs]
+        )
+        mean = return_sum / tokens.clamp_min(1)
+        (squares,) = step_sums([((ret - mean).pow(2) * mask).sum().view(1) for ret, mask in pairs])
+        variance = squares / tokens.clamp_min(1)
+        # Like the step's other counts: DDP averages the gradients over the processes, dividing by their number undoes it.
+        processes = self.accelerator.num_processes if across_processes else 1
+        token_count, sequence_count = tokens.clamp_min(1) / processes, sequences.clamp_min(1) / processes
+        return [
+            StepSamples(samples, normalize(ret, mask, mean=mean, variance=variance), token_count, sequence_count)
+            for samples, (ret, mask) in zip(drawn, pairs, strict=True)
+        ]
+
+    def terms(self, model, student, inputs: dict, clock: StepClock) -> dict[str, torch.Tensor]:
+        """The policy-gradient loss and penalties of a micro-batch's samples (rewarded by the teacher), unweighted.
+
+        Sums are divided by the step's sampled tokens (sampled sequences, for the per-sequence penalties) that
+        :meth:`prepare_step` counted, so the micro-batches of a step add up to what the step gives as one batch.
+        A batch without ``PG_SAMPLES`` (a direct call) is sampled here and normalized within itself.
+        ``teacher_log_likelihood`` is a diagnostic (no weight): the teacher's mean log-probability of the samples.
+        """
+        settings = self.settings
+        step_samples = inputs.get(PG_SAMPLES)
+        if step_samples is None:
+            (step_samples,) = self.policy_gradient_samples([inputs], student, clock, across_processes=False)
+        samples, advantages = step_samples.samples, step_samples.advantages
+        token_count, sequence_count = step_samples.token_count, step_samples.sequence_count
+        log_probs = torch.log_softmax(response_logits(model, samples).float(), -1)
+        mask = samples.response_mask
+        tokens = samples.sequences[:, samples.prompt_width :]
+        token_log_probs = log_probs.gather(-1, tokens[..., None]).squeeze(-1)
+        importance = (token_log_probs.detach() - samples.sampling_log_probs).exp().clamp(max=settings.pg_importance_clip)
+        probs = log_probs.exp()
+        teacher_step_rows = samples.teacher_step_log_probs[..., : probs.shape[-1]]
+        student_step_rows = probs[..., : teacher_step_rows.shape[-1]]
+        pg = policy_gradient_loss(token_log_probs, student_step_rows, teacher_step_rows, advantages, importance, mask)
+        terms = {"pg_loss": pg / token_count}
+        if settings.token_frequency_penalty:
+            terms["token_frequency_penalty"] = token_frequency_penalty(probs, mask) / sequence_count
+        if settings.diversity_penalty:
+            embeddings = student.get_input_embeddings().weight
+            terms["diversity_penalty"] = diversity_penalty(probs, mask, embeddings) / sequence_count
+        if settings.entropy_penalty:
+            terms["entropy_penalty"] = entropy_penalty(probs, mask) / token_count
+        # Also per step-wide token: the micro-batches of a step add up to the step's mean (logged per step).
+        terms["teacher_log_likelihood"] = ((samples.teacher_log_probs * mask).sum() / token_count).detach()
+        return terms

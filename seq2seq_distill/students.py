@@ -1,17 +1,24 @@
-"""Build a smaller student of the teacher's family by copying layers (the distilbart / DistilBERT recipe)."""
+"""Build a smaller student of the teacher's family by copying layers (the distilbart / DistilBERT recipe), and check
+the student flags against the teacher's config before any weight is read (:func:`check_student_plan`). Both go
+through :func:`plan_layers`, whose per-stack rule (``layer_maps.resolve_layer_map``) the trainer's layer pairing uses
+too."""
 
 from __future__ import annotations
 
 import copy
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel
 
 from .errors import InputError
-from .families import Family, family_of, layer_list_prefix, num_layers
-from .layer_maps import check_layer_map, spread_layers
-from .modeling import load_model
+from .families import Family, family_of, layer_list_prefix, num_layers, supported_model_types
+from .layer_maps import check_layer_map, resolve_layer_map
+from .modeling import load_config, load_model, parameter_count
+
+if TYPE_CHECKING:
+    from .arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ def create_student(
         "decoder_layer_map": decoder_layer_map,
         "layer_map": layer_map,
     }
-    layer_maps = _layer_maps(teacher, family, requested)
+    layer_maps = plan_layers(teacher.config, requested)
 
     config = copy.deepcopy(teacher.config)
     for stack in family.stacks:
@@ -84,28 +91,29 @@ def create_student(
     return student
 
 
-def _layer_maps(teacher: PreTrainedModel, family: Family, requested: dict) -> dict[str, list[int]]:
-    roles = {stack.role for stack in family.stacks}
+def plan_layers(teacher_config, requested: dict) -> dict[str, list[int]]:
+    """The student's layer plan, {stack role: teacher layer per student layer}: the one rule for building a student
+    and for checking its flags before any weight is read (``requested``: the layer counts and maps given, by flag name).
+    """
+    family = family_of(teacher_config)
     allowed = {arg for stack in family.stacks for arg in (stack.count_argument, stack.map_argument)}
-    misplaced = [name for name, value in requested.items() if value is not None and name not in allowed]
+    misplaced = sorted(name for name, value in requested.items() if value is not None and name not in allowed)
     if misplaced:
-        raise InputError(f"{family.name} models take {', '.join(sorted(allowed))}, not {', '.join(misplaced)}")
-    maps: dict[str, list[int]] = {}
-    for stack in family.stacks:
-        teacher_layers = num_layers(teacher.config, stack)
-        count, explicit = requested[stack.count_argument], requested[stack.map_argument]
-        if count is not None and count > teacher_layers:
-            raise InputError(
-                f"{stack.count_argument}={count} is more than the teacher's {teacher_layers} {stack.role} layers; "
-                f"a student must be smaller: choose at most {teacher_layers}"
-            )
-        if explicit is not None:
-            count = len(explicit) if count is None else count
-            maps[stack.role] = check_layer_map(explicit, teacher_layers, count, stack.map_argument)
-        else:
-            maps[stack.role] = spread_layers(teacher_layers, teacher_layers if count is None else count)
-    assert set(maps) == roles
-    return maps
+        raise InputError(
+            f"a {teacher_config.model_type!r} teacher takes --{', --'.join(sorted(allowed))}, not "
+            f"{', '.join(f'--{name}' for name in misplaced)}"
+        )
+    return {
+        stack.role: resolve_layer_map(
+            role=stack.role,
+            count_argument=stack.count_argument,
+            map_argument=stack.map_argument,
+            teacher_layers=num_layers(teacher_config, stack),
+            student_layers=requested.get(stack.count_argument),
+            explicit=requested.get(stack.map_argument),
+        )
+        for stack in family.stacks
+    }
 
 
 def _shrink_hidden_size(config, family: Family, teacher_hidden: int, hidden_dim: int) -> None:
@@ -154,3 +162,67 @@ def _copy_teacher_weights(
                 break
         student_state[key] = teacher_state[source_key]
     student.load_state_dict(student_state, strict=True)
+
+
+# ---- the student flags checked against the teacher's config, before any weights are loaded ---------------------
+
+
+# A family's --model_type (BERT and DistilBERT checkpoints distill into each other: both are "bert").
+MODEL_TYPE_OF_FAMILY = {"t5": "t5", "bart": "bart", "bert": "bert", "distilbert": "bert", "gpt2": "gpt2"}
+LAYER_MAP_NAMES = ("encoder_layer_map", "decoder_layer_map", "layer_map")
+LAYER_COUNT_NAMES = ("num_encoder_layers", "num_decoder_layers", "num_layers")
+
+
+def check_student_plan(model_args: ModelArguments, training_args, teacher_config, task: str) -> None:
+    """The student flags checked against the teacher's config, before any data is read or weights are loaded.
+
+    With ``--student``: the teacher's model family, not more parameters than the teacher (an error: a student
+    that big is usually --teacher and --student swapped), more layers only with a warning (a deep-and-thin student
+    is a real design), and layer maps that fit both. Otherwise: layer counts and maps that fit the teacher.
+    """
+    if model_args.student:
+        _check_student_against_teacher(student_config(model_args), teacher_config, task, training_args)
+        return
+    requested = {name: getattr(model_args, name) for name in LAYER_COUNT_NAMES}
+    requested |= {name: getattr(training_args, name, None) for name in LAYER_MAP_NAMES}
+    plan_layers(teacher_config, requested)
+
+
+def student_config(model_args: ModelArguments):
+    """The config of ``--student`` (no weights read)."""
+    return load_config(model_args.student, flag="--student", trust_remote_code=model_args.trust_remote_code)
+
+
+def _family_key(config) -> str:
+    """Families whose checkpoints distill into each other (BERT and DistilBERT share a tokenizer) share a key."""
+    return MODEL_TYPE_OF_FAMILY.get(family_of(config).name, family_of(config).name)
+
+
+def _check_student_against_teacher(student_config, teacher_config, task: str, training_args) -> None:
+    student_type, teacher_type = student_config.model_type, teacher_config.model_type
+    if student_type not in supported_model_types() or _family_key(student_config) != _family_key(teacher_config):
+        raise InputError(
+            f"--student is a {student_type!r} model but the teacher is a {teacher_type!r} model; distill into a "
+            "student of the teacher's family (drop --student to build one from the layer flags, or use make_student)"
+        )
+    student_size, teacher_size = parameter_count(student_config, task), parameter_count(teacher_config, task)
+    if student_size > teacher_size:
+        raise InputError(
+            f"--student has {student_size:,} parameters, more than the teacher's {teacher_size:,}; a student must be "
+            "smaller: check that --teacher and --student are not swapped"
+        )
+    stacks = zip(family_of(student_config).stacks, family_of(teacher_config).stacks, strict=True)
+    for student_stack, stack in stacks:
+        student_layers, teacher_layers = num_layers(student_config, student_stack), num_layers(teacher_config, stack)
+        if student_layers > teacher_layers:
+            logger.warning(
+                "the student has more %s layers (%d) than the teacher (%d) but fewer parameters; the feature terms "
+                "need --%s to pair them",
+                stack.role,
+                student_layers,
+                teacher_layers,
+                stack.map_argument,
+            )
+        explicit = getattr(training_args, stack.map_argument, None)
+        if explicit is not None:
+            check_layer_map(explicit, teacher_layers, student_layers, stack.map_argument)

@@ -29,11 +29,17 @@ from tqdm.auto import tqdm
 
 from .data import PreparedData, collator_for
 from .errors import InputError
+from .inference import length_order
 from .modeling import logit_rows
 from .reports import write_json
-from .trainer import CACHE_INDICES, CACHE_LOG_PROBS
 
 logger = logging.getLogger(__name__)
+
+# The batch fields of a cached teacher, owned here: [N, k] top-k log-probabilities (at the distillation temperature)
+# and token ids, one row per distilled position (modeling.logit_rows), in the order of the positions' flat index.
+CACHE_LOG_PROBS = "teacher_topk_log_probs"
+CACHE_INDICES = "teacher_topk_indices"
+CACHE_COLUMNS = (CACHE_LOG_PROBS, CACHE_INDICES)
 
 INFO_FILE = "teacher_cache.json"
 FORMAT_VERSION = 1
@@ -150,7 +156,7 @@ def _cache_rows(teacher, tokenizer, task, dataset, k, temperature, batch_size, s
     progress = tqdm(total=len(dataset), desc=f"caching teacher on {split}")
     for window_start in range(0, len(dataset), window):
         examples = [dict(row) for row in dataset.select(range(window_start, min(window_start + window, len(dataset))))]
-        order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
+        order = length_order(examples)
         cached: list = [None] * len(examples)
         for start in range(0, len(order), batch_size):
             batch_indices = order[start : start + batch_size]
@@ -260,7 +266,8 @@ def load_teacher_cache(
         if info["splits"][split] != split_fingerprint(data.tokenized[split]):
             raise InputError(
                 f"teacher cache {path!r} was built for different {split} data (other examples, order, subset or "
-                f"tokenization settings); {rebuild}"
+                "tokenization settings; a run that does not evaluate keeps the rows it would carve as validation in "
+                f"train, so give both commands the same --eval_strategy and --validation_fraction); {rebuild}"
             )
         loaded[split] = load_from_disk(os.path.join(path, split))
     return TeacherCache(path, info, loaded)

@@ -143,11 +143,11 @@ def probed(base):
 
 
 def run_command(argv: list[str]) -> int:
-    from seq2seq_distill import pipeline
+    from seq2seq_distill import training
     from seq2seq_distill.cli import main
 
-    pipeline.DistillationTrainer = probed(pipeline.DistillationTrainer)
-    pipeline.Seq2SeqDistillationTrainer = probed(pipeline.Seq2SeqDistillationTrainer)
+    training.DistillationTrainer = probed(training.DistillationTrainer)
+    training.Seq2SeqDistillationTrainer = probed(training.Seq2SeqDistillationTrainer)
     return main(argv)
 
 

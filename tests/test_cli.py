@@ -9,9 +9,16 @@ import pytest
 import yaml
 from helpers import TINY_RUN_FLAGS
 
-from seq2seq_distill.arguments import BenchmarkArguments, DataArguments, ModelArguments, Seq2SeqDistillationTrainingArguments
-from seq2seq_distill.cli import COMMANDS, EMBEDDED_DEFAULTS, embedded_defaults, main, parse_command
+from seq2seq_distill.arguments import (
+    BenchmarkArguments,
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+    Seq2SeqDistillationTrainingArguments,
+)
+from seq2seq_distill.cli import COMMANDS, main, parse_command
 from seq2seq_distill.errors import InputError
+from seq2seq_distill.presets import EMBEDDED_DEFAULTS, embedded_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TEACHER = [*TINY_RUN_FLAGS, "--max_steps", "3"]
@@ -99,11 +106,18 @@ def test_every_shipped_config_parses(config):
     assert parsed[Seq2SeqDistillationTrainingArguments].output_dir == values["output_dir"]
 
 
-def test_embedded_defaults_apply_only_without_a_data_source():
+def test_embedded_defaults_apply_only_without_a_data_source(tmp_path):
     assert parse("pipeline")[DataArguments].max_source_length == EMBEDDED_DEFAULTS["max_source_length"]
     assert parse("pipeline", "--dataset", "cnn_dailymail")[DataArguments].max_source_length == 512
-    config = yaml.safe_load((ROOT / "configs" / "embedded_default.yaml").read_text())
-    assert {key: value for key, value in config.items() if key != "output_dir"} == embedded_defaults("t5")
+    # The preset lives in the package only; the config file the README points to is written from it.
+    written = tmp_path / "pipeline_config.yaml"
+    assert main(["pipeline", "--create-config", str(written)]) == 0
+    config = yaml.safe_load(written.read_text())
+    assert {key: config[key] for key in embedded_defaults("t5")} == embedded_defaults("t5")
+    from_file, preset = parse("pipeline", "--config", str(written)), parse("pipeline")
+    assert {kind: obj for kind, obj in from_file.items() if kind is not RunArguments} == {
+        kind: obj for kind, obj in preset.items() if kind is not RunArguments
+    }  # the written file runs the same pipeline as no flags at all
     assert parse("pipeline", "--model_type", "gpt2")[ModelArguments].num_layers == 2
 
 
@@ -306,6 +320,8 @@ def test_pipeline_dry_run_on_the_embedded_default(tmp_path, capsys):
     root = tmp_path / "run-dry-run"
     for name in ("teacher", "baseline", "distilled"):
         assert (root / name / "model.safetensors").exists() and (root / name / "training_metrics.json").exists()
+        # students copied from the trained teacher too: the training value of use_cache leaks into none of them
+        assert json.loads((root / name / "config.json").read_text())["use_cache"] is True, name
     report = root / "benchmark" / "benchmark_report.md"
     out = capsys.readouterr().out
     assert f"report: {report}" in out
@@ -339,13 +355,13 @@ def test_benchmark_arguments_have_help_strings():
 @pytest.mark.parametrize("rank,prints", [("0", True), ("1", False)])
 def test_only_the_main_process_prints_what_it_did(monkeypatch, capsys, rank, prints):
     """Under torchrun only rank 0 writes models, caches and reports, so only it says so (every command)."""
-    from seq2seq_distill import benchmark, cli, pipeline
+    from seq2seq_distill import cli, commands, training
 
-    finished = pipeline.TrainedModel("distilled", "outputs/x", {})
+    finished = training.TrainedModel("distilled", "outputs/x", {})
     for name in ("train_teacher", "distill", "run_pipeline", "make_student", "cache_teacher", "pseudo_label"):
         result = {"verdict": "v"} if name == "run_pipeline" else finished if name in ("train_teacher", "distill") else "p"
-        monkeypatch.setattr(pipeline, name, lambda *args, _result=result, **kwargs: _result)
-    monkeypatch.setattr(benchmark, "benchmark_command", lambda *args, **kwargs: {"verdict": "v"})
+        monkeypatch.setattr(commands, name, lambda *args, _result=result, **kwargs: _result)
+    monkeypatch.setattr(commands, "benchmark_command", lambda *args, **kwargs: {"verdict": "v"})
     monkeypatch.setenv("RANK", rank)
     for command in cli.COMMANDS.values():
         command.run(parse_command(command, []))
@@ -393,3 +409,22 @@ def test_a_ce_only_distill_run_is_named_a_baseline(scratch_teacher, user_data, t
     assert main([*argv, "--output_dir", str(tmp_path / "ce")]) == 0
     assert json.loads((tmp_path / "ce" / "training_metrics.json").read_text())["name"] == "baseline"
     assert f"baseline student (CE only: no distillation term is on) saved to {tmp_path / 'ce'}" in capsys.readouterr().out
+
+
+def test_a_registered_term_trains_from_the_command_line(scratch_teacher, user_data, tmp_path):
+    """--term_modules imports the user's module (which calls register_term); --term_weights switches the term on."""
+    flags = ["--teacher", str(scratch_teacher), "--num_encoder_layers", "1", "--num_decoder_layers", "1", *TINY_TEACHER[6:]]
+    data = ["--dataset_local_path", str(user_data / "mine.jsonl"), "--dataset_input_column", "story"]
+    terms = ["--term_modules", "term_plugins", "--term_weights", "hidden_cosine_loss=0.5"]
+    argv = ["distill", *flags, *data, "--dataset_target_column", "abstract", *terms, "--output_dir", str(tmp_path / "t")]
+    assert main(argv) == 0
+    history = json.loads((tmp_path / "t" / "training_metrics.json").read_text())["log_history"]
+    logged = [entry["hidden_cosine_loss"] for entry in history if "hidden_cosine_loss" in entry]
+    assert len(logged) == 3 and all(value >= 0 for value in logged)  # every one of the 3 steps
+    assert main(["distill", *flags, *data, "--term_weights", "nope=1", "--output_dir", str(tmp_path / "u")]) == 2
+
+
+def test_benchmark_takes_output_dir_like_every_command(tmp_path):
+    parsed = parse("benchmark", "--output_dir", str(tmp_path / "reports"))
+    assert parsed[BenchmarkArguments].benchmark_output_dir == str(tmp_path / "reports")
+    assert parse("benchmark", f"--output-dir={tmp_path}")[BenchmarkArguments].benchmark_output_dir == str(tmp_path)

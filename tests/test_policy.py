@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import GradientRecorder, causal_dataset, distillation_trainer
 
+import seq2seq_distill.policy as policy_module
 import seq2seq_distill.trainer as trainer_module
 from seq2seq_distill import DistillationTrainer, DistillationTrainingArguments, create_student
 from seq2seq_distill.errors import InputError
@@ -379,7 +380,8 @@ def test_policy_gradient_samples_counts_and_advantages_cover_the_whole_step(
         others = {3: torch.tensor([[10.0, 3.0, 5.0]]), 1: torch.tensor([[7.0]])}
         monkeypatch.setattr(trainer.accelerator, "gather", lambda sums: torch.cat([sums, others[sums.shape[1]]]))
         monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
-        step = trainer._policy_gradient_samples(batches, across_processes=True)
+        student_model = trainer.accelerator.unwrap_model(trainer.model)
+        step = trainer.policy.policy_gradient_samples(batches, student_model, trainer._clock(), across_processes=True)
 
     def redraw(batch, global_step, index):
         prompt_ids, prompt_mask = prompts_of(batch["input_ids"], batch["labels"], pad)
@@ -453,7 +455,7 @@ def test_policy_gradient_accumulation_equals_the_full_batch(tiny, tokenizer_for,
     """Batch 8 vs. 4 accumulated micro-batches of 2 with the same samples per prompt, of different lengths in each
     micro-batch: the same policy-gradient loss, penalties, logged likelihood and gradients (to 1e-5)."""
     widths = []
-    monkeypatch.setattr(trainer_module, "sample_continuations", fixed_continuations(widths))
+    monkeypatch.setattr(policy_module, "sample_continuations", fixed_continuations(widths))
     teacher = sharp_teacher(tiny)
     student = create_student(teacher, num_layers=2, hidden_dim=16)
     results = []

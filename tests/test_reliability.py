@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from seq2seq_distill import create_student, pipeline
+from seq2seq_distill import create_student, training
 from seq2seq_distill.checkpoints import checkpoint_problem, resolve_resume
 from seq2seq_distill.cli import main
 from seq2seq_distill.errors import InputError
@@ -244,7 +244,7 @@ def test_a_signal_stops_the_command_with_exit_143(setup, tmp_path, monkeypatch, 
                 os.kill(os.getpid(), signal.SIGTERM)
             super().on_step_end(args, state, control, **kwargs)
 
-    monkeypatch.setattr(pipeline, "GracefulStop", SignalAt)
+    monkeypatch.setattr(training, "GracefulStop", SignalAt)
     output = tmp_path / "run"
     assert main(distill_argv(setup, output, "--save_strategy", "no")) == 128 + signal.SIGTERM
     error = capsys.readouterr().err

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from seq2seq_distill import pipeline
+from seq2seq_distill import students, training
 from seq2seq_distill.arguments import ModelArguments
 from seq2seq_distill.cli import COMMANDS, parse_command
 from seq2seq_distill.errors import InputError
@@ -125,15 +125,15 @@ def test_the_flag_reaches_every_loader_of_distill(monkeypatch, tmp_path):
     seen = []
     (tmp_path / "config.json").write_text("{}")  # a model folder as far as the path checks go; loading is faked
     monkeypatch.setattr(modeling.AutoConfig, "from_pretrained", lambda *a, **k: seen.append(("config", k)))
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: seen.append(("model", k)) or object())
-    monkeypatch.setattr(pipeline, "load_tokenizer", lambda *a, **k: seen.append(("tokenizer", k)))
-    monkeypatch.setattr(pipeline, "task_of_model", lambda model: "seq2seq")
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: seen.append(("model", k)) or object())
+    monkeypatch.setattr(training, "load_tokenizer", lambda *a, **k: seen.append(("tokenizer", k)))
+    monkeypatch.setattr(training, "task_of_model", lambda model: "seq2seq")
     for trusted in (False, True):
         seen.clear()
         model_args = ModelArguments(teacher=str(tmp_path), student=str(tmp_path), trust_remote_code=trusted)
-        pipeline.teacher_config(model_args)  # the teacher's config
-        pipeline._student_config(model_args)  # the --student checks
-        pipeline.build_student(object(), model_args, SimpleNamespace(seed=0))  # the --student weights
+        training.teacher_config(model_args)  # the teacher's config
+        students.student_config(model_args)  # the --student checks
+        training.build_student(object(), model_args, SimpleNamespace(seed=0))  # the --student weights
         assert [kind for kind, _ in seen] == ["config", "config", "model"]
         assert all(kwargs["trust_remote_code"] is trusted for _, kwargs in seen), seen
 

@@ -198,11 +198,11 @@ def test_vocab_size_shrinks_padded_rows_and_keeps_the_rest(tiny):
 
 def test_bad_student_requests_are_clear_errors(tiny):
     teacher = tiny("t5", layers=4, hidden=16, heads=2)
-    with pytest.raises(ValueError, match="num_encoder_layers=6 is more than the teacher's 4 encoder layers"):
+    with pytest.raises(ValueError, match="--num_encoder_layers 6 is more than the teacher's 4 encoder layers"):
         create_student(teacher, num_encoder_layers=6)
     with pytest.raises(ValueError, match="encoder_layer_map index 4 is out of range"):
         create_student(teacher, encoder_layer_map=[0, 4])
-    with pytest.raises(ValueError, match="t5 models take .*num_encoder_layers.*not num_layers"):
+    with pytest.raises(ValueError, match="a 't5' teacher takes .*num_encoder_layers.*not --num_layers"):
         create_student(teacher, num_layers=2)
     with pytest.raises(ValueError, match="not supported.*supported: .*bart"):
         from transformers import LlamaConfig, LlamaForCausalLM

@@ -137,11 +137,12 @@ def test_cli_distills_from_a_cache_without_loading_the_teacher(tmp_path, monkeyp
         == 0
     )
     assert main(["cache_teacher", "--teacher", str(tmp_path / "teacher"), "--teacher_cache", str(tmp_path / "cache"), *tiny]) == 0
-    import seq2seq_distill.pipeline as pipeline
+    from seq2seq_distill import commands, training
 
     loaded = []
-    original = pipeline.load_model
-    monkeypatch.setattr(pipeline, "load_model", lambda path, *a, **k: loaded.append(path) or original(path, *a, **k))
+    original = training.load_model
+    for module in (commands, training):  # every model the command loads goes through one of them
+        monkeypatch.setattr(module, "load_model", lambda path, *a, **k: loaded.append(path) or original(path, *a, **k))
     assert (
         main(
             [
@@ -200,3 +201,26 @@ def test_a_cached_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_one(s
     expected = parameters_copy(uninterrupted)
     for name, value in parameters_copy(resumed).items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "bert"])
+def test_the_cache_and_the_trainer_take_their_rows_from_one_function(model_type, tiny, tokenizer_for, tmp_path):
+    """The cache stores one row per position the trainer distills, in the same order: both ask modeling.logit_rows."""
+    from helpers import causal_dataset, classification_dataset, collator_for, distillation_trainer
+
+    import seq2seq_distill.modeling as modeling
+    import seq2seq_distill.teacher_cache as cache_module
+    import seq2seq_distill.trainer as trainer_module
+
+    assert cache_module.logit_rows is modeling.logit_rows and trainer_module.logit_rows is modeling.logit_rows
+    tokenizer = tokenizer_for(model_type)
+    teacher = tiny(model_type, layers=2)
+    task = "causal_lm" if model_type == "gpt2" else "classification"
+    dataset = (causal_dataset if task == "causal_lm" else classification_dataset)(tokenizer, size=6)
+    if task == "classification":  # an unlabelled row is distilled too
+        dataset = dataset.remove_columns("labels").add_column("labels", [0, -100, 2, 1, -100, 4])
+    examples = [dict(row) for row in dataset]
+    cached = cache_module._teacher_top_k(teacher, collator_for(task, tokenizer), task, examples, 3, 2.0, torch.device("cpu"))
+    trainer = distillation_trainer(task, tokenizer, teacher, teacher, tmp_path, dataset)
+    target_mask, _, _ = trainer._positions(collator_for(task, tokenizer)(examples))
+    assert [len(log_probs) for log_probs, _ in cached] == target_mask.reshape(len(examples), -1).sum(1).tolist()

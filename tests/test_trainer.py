@@ -186,23 +186,26 @@ def test_padding_changes_nothing(tiny, tokenizer_for, tmp_path):
     assert terms(changed)[0] != pytest.approx(base_loss, rel=1e-6)
 
 
-def test_masked_rows_never_reach_the_loss(tiny, tokenizer_for, tmp_path):
-    """Logits at label -100 positions can be anything, even inf: the terms do not move."""
-    tokenizer = tokenizer_for("t5")
-    teacher = tiny("t5", layers=2)
-    student = create_student(teacher, num_encoder_layers=1, num_decoder_layers=1)
-    trainer = make_trainer("t5", tokenizer, student, teacher, tmp_path)
-    labels = torch.tensor([[5, 6, -100, -100], [7, 8, 9, -100]])
-    mask = labels != -100
-    torch.manual_seed(0)
-    student_logits, teacher_logits = torch.randn(2, 4, len(tokenizer)), torch.randn(2, 4, len(tokenizer))
-    positions = trainer._step_positions({"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": labels}, None, training=False)
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])  # closed-form and autograd paths
+def test_masked_rows_never_reach_the_loss(divergence):
+    """Logits at label -100 positions can be anything, even inf: the terms do not move (plain functions, no model)."""
+    from seq2seq_distill.chunked_kd import LiveTeacherRows, ce_kd_row_pass
+    from seq2seq_distill.modeling import logit_rows
 
-    class Outputs(dict):
-        logits = property(lambda self: self["logits"])
+    labels = torch.tensor([[5, 6, -100, -100], [7, 8, 9, -100]])
+    rows = logit_rows("seq2seq", labels, torch.ones(2, 3, dtype=torch.long))
+    mask = labels != -100
+    assert torch.equal(rows.distill, mask) and torch.equal(rows.labelled, mask)
+    torch.manual_seed(0)
+    student_logits, teacher_logits = torch.randn(2, 4, 600), torch.randn(2, 4, 600)
+    count = rows.distill.sum().float()
 
     def terms(s, t):
-        _, values = trainer.distillation_terms(student, Outputs(logits=s), Outputs(logits=t), {"labels": labels}, positions)
+        _, values = ce_kd_row_pass(
+            s, rows.distill, labels[rows.distill], LiveTeacherRows(t), ce_weight=0.5, kd_weight=0.5,
+            ce_scale=1 / count, kd_scale=1 / count, divergence=divergence, temperature=2.0, beta=0.5,
+            label_smoothing=0.0, shared_rows=None, chunk_elements=1000,
+        )  # fmt: skip
         return {name: value.item() for name, value in values.items()}
 
     base = terms(student_logits, teacher_logits)
@@ -212,7 +215,8 @@ def test_masked_rows_never_reach_the_loss(tiny, tokenizer_for, tmp_path):
     # and the values are the per-token means over the 5 supervised rows, computed here directly
     log_p_s = torch.log_softmax(student_logits[mask] / 2.0, -1)
     log_p_t = torch.log_softmax(teacher_logits[mask] / 2.0, -1)
-    direct_kd = (log_p_t.exp() * (log_p_t - log_p_s)).sum() * 4.0 / 5
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)) if divergence == "forward_kl" else (log_p_s.exp() * (log_p_s - log_p_t))
+    direct_kd = kl.sum() * 4.0 / 5
     direct_ce = torch.nn.functional.cross_entropy(student_logits[mask], labels[mask])
     assert base["kd_loss"] == pytest.approx(direct_kd.item(), rel=1e-5)
     assert base["ce_loss"] == pytest.approx(direct_ce.item(), rel=1e-5)
@@ -305,7 +309,7 @@ def test_bad_setups_fail_before_training(tiny, tokenizer_for, tmp_path):
     student = create_student(teacher, num_encoder_layers=2, num_decoder_layers=2)
     with pytest.raises(ValueError, match="encoder_layer_map index 9 is out of range: the teacher has 4 layers"):
         make_trainer("t5", tokenizer, student, teacher, tmp_path, hidden_weight=1.0, encoder_layer_map=[0, 9])
-    with pytest.raises(ValueError, match="student has 6 encoder layers but the teacher only 4"):
+    with pytest.raises(ValueError, match="--num_encoder_layers 6 is more than the teacher's 4 encoder layers"):
         make_trainer("t5", tokenizer, tiny("t5", layers=6), teacher, tmp_path, attention_weight=1.0)
     with pytest.raises(ValueError, match="unknown divergence 'kld'"):
         Seq2SeqDistillationTrainingArguments(output_dir=str(tmp_path), divergence="kld")
@@ -424,4 +428,4 @@ def test_saved_models_keep_their_inference_use_cache(model_type, tiny, tokenizer
     trainer.save_model(str(tmp_path / "final"))
     for folder in (tmp_path / "final", tmp_path / "checkpoint-1"):
         assert json.loads((folder / "config.json").read_text())["use_cache"] is True, folder
-    assert student.config.use_cache is False  # training itself still runs without the cache
+    assert student.config.use_cache is True  # back after training, so a copy of this model starts right too

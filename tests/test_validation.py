@@ -13,7 +13,7 @@ import yaml
 from datasets import Dataset, DatasetDict
 from transformers import DistilBertConfig
 
-from seq2seq_distill import pipeline
+from seq2seq_distill import students
 from seq2seq_distill.arguments import (
     BenchmarkArguments,
     DataArguments,
@@ -221,7 +221,7 @@ def check(model_args: ModelArguments, training_args: dict | None = None, teacher
     argv = [part for name, value in (training_args or {}).items() for part in (f"--{name}", *value.split())]
     parsed = parse_command(COMMANDS["distill"], argv)
     task = "classification" if teacher == "bert" else "seq2seq"
-    pipeline.check_student_plan(model_args, parsed[Seq2SeqDistillationTrainingArguments], config, task)
+    students.check_student_plan(model_args, parsed[Seq2SeqDistillationTrainingArguments], config, task)
 
 
 @pytest.mark.parametrize(
@@ -402,3 +402,29 @@ def test_a_folder_that_holds_no_model_is_one_line_naming_what_it_holds(tmp_path,
         assert main(argv) == 2, argv
         printed = capsys.readouterr().err.strip().splitlines()  # one line: not even a warning about checkpoint-3
         assert len(printed) == 1 and printed[0].startswith("error: ") and message in printed[0], (argv, printed)
+
+
+def test_review_cases_of_bad_input(tmp_path, capsys):
+    """A .jsonl whose first line is an array, tiny splits carved like datasets rounds, an unreadable tokenizer folder."""
+    from seq2seq_distill.arguments import Seq2SeqDistillationTrainingArguments as Args
+    from seq2seq_distill.training import evaluates
+
+    lines = tmp_path / "first.jsonl"
+    lines.write_text('[1, 2]\n{"story": "a", "abstract": "b"}\n')
+    args = DataArguments(dataset_local_path=str(lines), dataset_input_column="story", dataset_target_column="abstract")
+    with pytest.raises(InputError, match="first.jsonl': line 1 is a JSON array, not an object"):
+        load_raw_splits(args, "seq2seq")
+    five = write_jsonl(tmp_path / "five.jsonl", ROWS[:5])
+    carved = load_raw_splits(DataArguments(dataset_local_path=str(five), dataset_input_column="story"), "seq2seq")
+    assert {split: len(rows) for split, rows in carved.items()} == {"train": 3, "validation": 1, "test": 1}
+    broken = tmp_path / "tokenizer"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{}")
+    (broken / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    from seq2seq_distill.modeling import load_tokenizer
+
+    with pytest.raises(InputError, match="--custom_tokenizer_local_path .* has no readable tokenizer files"):
+        load_tokenizer(str(broken), flag="--custom_tokenizer_local_path")
+    # a causal-LM run that validates by generation reads the validation split even without an eval strategy
+    assert evaluates(Args(output_dir=str(tmp_path), eval_strategy="no", predict_with_generate=True))
+    assert not evaluates(Args(output_dir=str(tmp_path), eval_strategy="no"))

@@ -1,0 +1,304 @@
+"""Every command of ``seq2seq-distill`` as a Python function: train a teacher, make a student, distill (live or from
+a teacher cache), cache the teacher, pseudo-label, benchmark, and the pipeline that chains them.
+
+Each function takes the command's parsed argument objects and returns what it made (a :class:`TrainedModel`, a
+path, or the benchmark's summary); ``cli.py`` parses and prints, nothing here reads ``sys.argv``. The helpers of one
+training run are in ``training.py``, inference in ``inference.py``, measuring in ``benchmark.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+
+from datasets import DatasetDict
+
+from .arguments import (
+    BenchmarkArguments,
+    CacheArguments,
+    DataArguments,
+    ModelArguments,
+    PipelineArguments,
+    PseudoLabelArguments,
+    check_cache_destination,
+    check_cached_student,
+    check_pipeline_training,
+)
+from .checkpoints import check_resume
+from .data import has_trained_labels, load_raw_splits, prepare_data
+from .errors import InputError
+from .inference import teacher_outputs
+from .modeling import load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
+from .processes import default_device, is_main_process
+from .students import check_student_plan, student_config
+from .teacher_cache import build_teacher_cache, load_teacher_cache
+from .training import (
+    TRAINING_METRICS_FILE,
+    TrainedModel,
+    build_student,
+    ce_only,
+    evaluates,
+    load_data,
+    load_teacher_and_tokenizer,
+    resolve_model_type_and_task,
+    run_name,
+    scratch_teacher,
+    teacher_config,
+    train_model,
+    with_overrides,
+)
+
+__all__ = [
+    "benchmark_command",
+    "cache_teacher",
+    "distill",
+    "distill_from_cache",
+    "make_student",
+    "pseudo_label",
+    "run_pipeline",
+    "train_teacher",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ---- training commands -----------------------------------------------------------------------------------------
+
+
+def train_teacher(model_args, data_args, training_args, pipeline_args: PipelineArguments | None = None) -> TrainedModel:
+    """Fine-tune the given teacher on the task, or train a small one from scratch when none is given."""
+    check_resume(training_args)
+    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    if config is None:
+        teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
+    else:
+        teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+    return _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args, training_args.output_dir)
+
+
+def _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args, output_dir) -> TrainedModel:
+    overrides = {}
+    if pipeline_args is not None and pipeline_args.teacher_num_train_epochs is not None:
+        overrides["num_train_epochs"] = pipeline_args.teacher_num_train_epochs
+    if pipeline_args is not None and pipeline_args.teacher_learning_rate is not None:
+        overrides["learning_rate"] = pipeline_args.teacher_learning_rate
+    args = with_overrides(ce_only(training_args), **overrides)
+    return train_model("teacher", teacher, None, data, tokenizer, args, output_dir)
+
+
+def make_student(model_args: ModelArguments, training_args, output_dir: str) -> str:
+    """Build a layer-copied student of the teacher and save it with the teacher's tokenizer (no training)."""
+    config = teacher_config(model_args)
+    if config is None:
+        raise InputError("make_student needs a teacher: pass --teacher (a hub name or folder) or --teacher_local_path")
+    _, task = resolve_model_type_and_task(model_args, config)
+    source = model_args.teacher_source
+    tokenizer = load_tokenizer(model_args.custom_tokenizer_local_path or source, trust_remote_code=model_args.trust_remote_code)
+    teacher = load_model(source, task, trust_remote_code=model_args.trust_remote_code)
+    student = build_student(teacher, model_args, training_args)
+    if is_main_process():
+        student.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+    logger.info("student with layer map %s saved to %s", student.config.student_layer_map, output_dir)
+    return output_dir
+
+
+def distill(model_args, data_args, training_args) -> TrainedModel:
+    """Distill the teacher into a student built from the layer flags (or given with --student)."""
+    check_resume(training_args)
+    if training_args.teacher_cache:
+        return distill_from_cache(model_args, data_args, training_args)
+    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    if config is None:
+        raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
+    check_student_plan(model_args, training_args, config, task)
+    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+    student = build_student(teacher, model_args, training_args)
+    return train_model(run_name(training_args), student, teacher, data, tokenizer, training_args, training_args.output_dir)
+
+
+def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
+    """Distill from a teacher cache (``cache_teacher``): the teacher is never loaded, so the student is given."""
+    check_cached_student(model_args)
+    student_path = resolve_model_path(model_args.student, "--student")
+    config = student_config(model_args)
+    _, task = resolve_model_type_and_task(model_args, config)
+    known_labels = has_trained_labels(config) if task == "classification" else None
+    raw = load_raw_splits(data_args, task, evaluates=evaluates(training_args), known_labels=known_labels)
+    tokenizer_source = model_args.custom_tokenizer_local_path or student_path
+    tokenizer = load_tokenizer(tokenizer_source, flag="--student", trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(raw, tokenizer, task, data_args, known_labels)
+    splits = ("train", "validation") if evaluates(training_args) else ("train",)
+    cache = load_teacher_cache(training_args.teacher_cache, data, tokenizer, temperature=training_args.temperature, splits=splits)
+    student = load_model(student_path, task, flag="--student", trust_remote_code=model_args.trust_remote_code)
+    name = run_name(training_args)
+    return train_model(name, student, None, data, tokenizer, training_args, training_args.output_dir, teacher_cache=cache)
+
+
+def cache_teacher(model_args, data_args, training_args, cache_args: CacheArguments) -> str:
+    """Run the teacher once over the data and store its top-k log-probabilities for ``distill --teacher_cache``."""
+    check_cache_destination(training_args)
+    path = training_args.teacher_cache
+    # The same splits as the distill run it serves: that run reads the validation split only if it evaluates.
+    _, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    if config is None:
+        raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
+    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+    teacher.to(default_device(use_cpu=training_args.use_cpu))
+    return build_teacher_cache(
+        teacher,
+        tokenizer,
+        data,
+        path,
+        top_k=cache_args.cache_top_k,
+        temperature=training_args.temperature,
+        splits=tuple(split for split in cache_args.cache_splits if split in data.tokenized or split != "validation"),
+        batch_size=training_args.per_device_eval_batch_size,
+    )
+
+
+# ---- commands that run a trained model -------------------------------------------------------------------------
+
+
+def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
+    """The teacher's outputs replace the targets of the chosen splits; the result is a dataset ``distill`` reads."""
+    destination = pl_args.destination
+    if (
+        os.path.isdir(destination)
+        and os.listdir(destination)
+        and not os.path.isfile(os.path.join(destination, "dataset_dict.json"))
+    ):  # replaced at the end: only ever an earlier pseudo-labelled dataset, never a folder of something else
+        raise InputError(
+            f"--output_dir {destination!r} already holds files that are not a saved dataset; give a new or empty folder"
+        )
+    if not is_main_process():  # under torchrun the main process labels and writes; the others have nothing to do
+        return destination
+    model_type, task, raw, config = load_data(model_args, data_args)
+    if config is None:
+        raise InputError("pseudo_label needs a teacher: pass --teacher or --teacher_local_path")
+    unknown = [split for split in pl_args.pseudo_label_splits if split not in raw]
+    if unknown:
+        raise InputError(f"--pseudo_label_splits {', '.join(unknown)} not in the data (splits: {', '.join(raw)})")
+    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
+    device = default_device()
+    teacher.to(device).eval()
+    generation = {
+        "num_beams": pl_args.num_beams,
+        "max_new_tokens": pl_args.max_new_tokens or data_args.max_target_length,
+        **({"length_penalty": pl_args.length_penalty} if pl_args.length_penalty is not None else {}),
+    }
+    relabelled = {}
+    for split, dataset in raw.items():
+        if split not in pl_args.pseudo_label_splits:
+            relabelled[split] = dataset
+            continue
+        outputs = teacher_outputs(teacher, tokenizer, data, split, generation, pl_args.pseudo_label_batch_size, device)
+        original = f"original_{data.target_column}"
+        relabelled[split] = dataset.rename_column(data.target_column, original).add_column(data.target_column, outputs)
+    # Saved beside the destination and moved into place when complete: an interrupted run leaves no half dataset there.
+    staging = destination.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    DatasetDict(relabelled).save_to_disk(staging)
+    shutil.rmtree(destination, ignore_errors=True)
+    os.replace(staging, destination)
+    logger.info("pseudo-labelled %s saved to %s", ", ".join(pl_args.pseudo_label_splits), destination)
+    return destination
+
+
+def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args: BenchmarkArguments) -> dict:
+    """``seq2seq-distill benchmark --models A B C``: same data, tokenizer and generation settings for all."""
+    from .benchmark import run_benchmark  # its metrics (nltk) take a second to import: only the commands that measure
+
+    named = args.named_models()
+    if not is_main_process():  # under torchrun: one process measures and writes, the others would only compete with it
+        return {"verdict": "this process skipped the benchmark: it runs on the main process", "skipped": True}
+    names = list(named)
+    paths = [resolve_model_path(path, "--models") for path in named.values()]
+    configs = [load_config(path, flag="--models", trust_remote_code=model_args.trust_remote_code) for path in paths]
+    task = model_args.task or task_of_config(configs[0])
+    tokenizer = load_tokenizer(
+        model_args.custom_tokenizer_local_path or paths[0], flag="--models", trust_remote_code=model_args.trust_remote_code
+    )
+    _check_same_tokenizer(tokenizer, paths, names, model_args.trust_remote_code)
+    known_labels = has_trained_labels(configs[0]) if task == "classification" else None
+    raw = load_raw_splits(data_args, task, evaluates=args.benchmark_split == "validation", known_labels=known_labels)
+    data = prepare_data(raw, tokenizer, task, data_args, known_labels)
+    training_logs = {name: os.path.join(path, TRAINING_METRICS_FILE) for name, path in zip(names, paths, strict=True)}
+    return run_benchmark(
+        dict(zip(names, paths, strict=True)),
+        data,
+        tokenizer,
+        args,
+        args.benchmark_output_dir,
+        training_logs=training_logs,
+        max_target_length=data_args.max_target_length,
+    )
+
+
+def _check_same_tokenizer(tokenizer, paths: list[str], names: list[str], trust_remote_code: bool = False) -> None:
+    reference = tokenizer.get_vocab()
+    for name, path in zip(names, paths, strict=True):
+        if not os.path.isdir(path) or not any(
+            os.path.exists(os.path.join(path, file)) for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+        ):
+            continue
+        other = load_tokenizer(path, flag="--models", trust_remote_code=trust_remote_code).get_vocab()
+        if other != reference:
+            raise InputError(
+                f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(reference)}); benchmark models "
+                "that share one tokenizer, or pass --custom_tokenizer_local_path if only the files differ"
+            )
+
+
+# ---- the pipeline ----------------------------------------------------------------------------------------------
+
+
+def run_pipeline(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args,
+    pipeline_args: PipelineArguments,
+    benchmark_args: BenchmarkArguments,
+) -> dict:
+    """Teacher (given, fine-tuned or trained) -> layer-copied student -> distilled and baseline students -> benchmark."""
+    from .benchmark import run_benchmark
+
+    root = training_args.output_dir
+    check_pipeline_training(training_args)
+    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    if config is None:
+        teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
+        check_student_plan(model_args, training_args, teacher.config, task)
+        teacher_run = _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args, os.path.join(root, "teacher"))
+    else:
+        check_student_plan(model_args, training_args, config, task)
+        teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+        if pipeline_args.finetune_teacher:
+            teacher_run = _train_teacher_model(
+                teacher, tokenizer, data, training_args, pipeline_args, os.path.join(root, "teacher")
+            )
+        else:
+            teacher_run = TrainedModel("teacher", resolve_model_path(model_args.teacher_source), {})
+    student = build_student(teacher, model_args, training_args)
+    runs = [teacher_run]
+    if pipeline_args.train_baseline:
+        baseline = copy.deepcopy(student)
+        runs.append(
+            train_model("baseline", baseline, None, data, tokenizer, ce_only(training_args), os.path.join(root, "baseline"))
+        )
+    runs.append(train_model("distilled", student, teacher, data, tokenizer, training_args, os.path.join(root, "distilled")))
+    models = {run.name: run.path for run in runs}
+    training_logs = {run.name: os.path.join(run.path, TRAINING_METRICS_FILE) for run in runs}
+    if not is_main_process():  # whole models are measured once, by the main process; the others are done
+        return {"verdict": f"process {training_args.process_index}: the benchmark runs on the main process", "skipped": True}
+    return run_benchmark(
+        models,
+        data,
+        tokenizer,
+        benchmark_args,
+        os.path.join(root, "benchmark"),
+        training_logs=training_logs,
+        teacher_name="teacher",
+    )

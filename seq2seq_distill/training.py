@@ -1,0 +1,299 @@
+"""One training run and what it needs: the run's model type and task, its data, the teacher, the student.
+
+The commands (``commands.py``) chain these helpers. Every training run goes through the same trainer classes (a
+teacher or a baseline student is a run whose only term is CE), writes its final model and tokenizer to its output
+folder, Trainer checkpoints to ``<output>/checkpoints`` and every logged value to
+``<output>/training_metrics.json``; a causal-LM run with ``--predict_with_generate`` ends with validation by
+generation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+
+from datasets import DatasetDict
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from .arguments import TASK_OF_MODEL_TYPE, DataArguments, ModelArguments
+from .checkpoints import CHECKPOINTS_DIR, resolve_resume
+from .data import PreparedData, collator_for, has_trained_labels, joined_inputs, load_raw_splits, prepare_data, resolve_columns
+from .errors import InputError
+from .families import family_of
+from .guards import GracefulStop, TrainingInterrupted
+from .modeling import load_config, load_model, load_tokenizer, task_of_model
+from .reports import write_json
+from .students import MODEL_TYPE_OF_FAMILY, create_student
+from .terms import ce_only_settings, plan_terms
+from .tiny import tiny_model, train_tokenizer
+from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
+
+__all__ = [
+    "TRAINING_METRICS_FILE",
+    "TrainedModel",
+    "build_student",
+    "ce_only",
+    "evaluates",
+    "label_overrides",
+    "load_data",
+    "load_teacher_and_tokenizer",
+    "resolve_model_type_and_task",
+    "run_name",
+    "scratch_teacher",
+    "teacher_config",
+    "train_model",
+    "validate_by_generation",
+    "with_overrides",
+]
+
+logger = logging.getLogger(__name__)
+
+TRAINING_METRICS_FILE = "training_metrics.json"
+
+
+@dataclass
+class TrainedModel:
+    """A finished run: where the model is, and its final metrics."""
+
+    name: str
+    path: str
+    metrics: dict
+
+
+# ---- what the run is about -------------------------------------------------------------------------------------
+
+
+def teacher_config(model_args: ModelArguments):
+    """The teacher's config (cheap: no weights), or None when no teacher was given."""
+    source = model_args.teacher_source
+    if source is None:
+        return None
+    flag = "--teacher_local_path" if model_args.teacher_local_path else "--teacher"
+    return load_config(source, flag=flag, trust_remote_code=model_args.trust_remote_code)
+
+
+def resolve_model_type_and_task(model_args: ModelArguments, config=None) -> tuple[str, str]:
+    """(model_type, task) from the flags, else from the teacher's config, else the embedded default (t5, seq2seq)."""
+    model_type = model_args.model_type
+    if model_type is None and config is not None:
+        model_type = MODEL_TYPE_OF_FAMILY.get(family_of(config).name)
+    model_type = model_type or "t5"
+    task = model_args.task or TASK_OF_MODEL_TYPE[model_type]
+    if config is not None and model_args.model_type is not None:
+        family = MODEL_TYPE_OF_FAMILY.get(family_of(config).name)
+        if family != model_args.model_type:
+            raise InputError(
+                f"--model_type {model_args.model_type} but the teacher is a {config.model_type!r} model; "
+                f"set --model_type {family} or drop it"
+            )
+    return model_type, task
+
+
+def label_overrides(task: str, label_names: list[str] | None) -> dict:
+    if task != "classification" or not label_names:
+        return {}
+    return {
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: index for index, name in enumerate(label_names)},
+    }
+
+
+def load_data(
+    model_args: ModelArguments, data_args: DataArguments, *, evaluates: bool = True
+) -> tuple[str, str, DatasetDict, object]:
+    """Model type, task, raw splits and the teacher's config (validated before any weights are loaded).
+
+    ``evaluates``: whether the command reads a validation split (a training run with an eval strategy).
+    """
+    config = teacher_config(model_args)
+    model_type, task = resolve_model_type_and_task(model_args, config)
+    known_labels = has_trained_labels(config) if task == "classification" and config is not None else None
+    raw = load_raw_splits(data_args, task, evaluates=evaluates, known_labels=known_labels)
+    return model_type, task, raw, config
+
+
+def evaluates(training_args) -> bool:
+    """Whether a training run reads the validation split: to evaluate, or (causal LMs) to validate by generation."""
+    return training_args.eval_strategy != "no" or bool(getattr(training_args, "predict_with_generate", False))
+
+
+def load_teacher_and_tokenizer(
+    model_args: ModelArguments, task: str, config, raw: DatasetDict, data_args: DataArguments, seed: int = 42
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreparedData]:
+    """Tokenizer, tokenized data, then the teacher with the data's label names (for an untrained head).
+
+    A head the checkpoint lacks (a sentence encoder used as a classifier) is initialized from ``seed``, not from
+    whatever the process's random state happens to be, so two runs with the same flags start from the same teacher.
+    """
+    source = model_args.teacher_source
+    flag = "--teacher_local_path" if model_args.teacher_local_path else "--teacher"
+    tokenizer_source = model_args.custom_tokenizer_local_path or source
+    tokenizer_flag = "--custom_tokenizer_local_path" if model_args.custom_tokenizer_local_path else flag
+    tokenizer = load_tokenizer(tokenizer_source, flag=tokenizer_flag, trust_remote_code=model_args.trust_remote_code)
+    known_labels = has_trained_labels(config) if task == "classification" else None
+    data = prepare_data(raw, tokenizer, task, data_args, known_labels)
+    overrides = {} if known_labels else label_overrides(task, data.label_names)
+    set_seed(seed)
+    teacher = load_model(source, task, trust_remote_code=model_args.trust_remote_code, flag=flag, config_overrides=overrides)
+    return teacher, tokenizer, data
+
+
+def build_student(teacher: PreTrainedModel, model_args: ModelArguments, training_args) -> PreTrainedModel:
+    # A student that is not copied (a --hidden_dim of its own, new heads) is initialized from --seed, not from
+    # whatever the process's random state happens to be, so two runs with the same flags start from the same weights.
+    set_seed(training_args.seed)
+    if model_args.student:
+        student = load_model(
+            model_args.student, task_of_model(teacher), flag="--student", trust_remote_code=model_args.trust_remote_code
+        )
+    else:
+        student = create_student(
+            teacher,
+            num_encoder_layers=model_args.num_encoder_layers,
+            num_decoder_layers=model_args.num_decoder_layers,
+            num_layers=model_args.num_layers,
+            encoder_layer_map=getattr(training_args, "encoder_layer_map", None),
+            decoder_layer_map=getattr(training_args, "decoder_layer_map", None),
+            layer_map=getattr(training_args, "layer_map", None),
+            hidden_dim=model_args.hidden_dim,
+            vocab_size=model_args.vocab_size,
+        )
+    if task_of_model(student) == "classification":
+        student.config.id2label, student.config.label2id = dict(teacher.config.id2label), dict(teacher.config.label2id)
+    return student
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+
+def with_overrides(training_args, **overrides):
+    """A copy of the training arguments with some fields changed (the original is shared by several runs)."""
+    changed = copy.copy(training_args)
+    for name, value in overrides.items():
+        setattr(changed, name, value)
+    return changed
+
+
+def ce_only(training_args):
+    """Settings for a run without a teacher: a teacher's own training, or the no-distillation baseline."""
+    return with_overrides(training_args, **ce_only_settings())
+
+
+def run_name(training_args) -> str:
+    """A run whose only term is CE is a baseline, whatever command started it; any other is distilled."""
+    return "baseline" if plan_terms(training_args).only_ce else "distilled"
+
+
+def train_model(
+    name: str,
+    model: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    training_args,
+    output_dir: str,
+    teacher_cache=None,
+) -> TrainedModel:
+    """One training run with the shared trainer; saves the final model, tokenizer and every logged value."""
+    checkpoints = os.path.join(output_dir, CHECKPOINTS_DIR)
+    args = with_overrides(training_args, output_dir=checkpoints)
+    trainer_class = Seq2SeqDistillationTrainer if data.task == "seq2seq" else DistillationTrainer
+    evaluate = args.eval_strategy != "no"  # the Trainer's own evaluation (evaluates() also covers generation)
+    train_dataset = data.tokenized["train"]
+    eval_dataset = data.tokenized["validation"] if evaluate else None
+    collator = collator_for(data.task, tokenizer, model)
+    if teacher_cache is not None:  # the cached teacher rows travel as extra columns beside each example
+        train_dataset = teacher_cache.attach("train", train_dataset)
+        eval_dataset = teacher_cache.attach("validation", eval_dataset) if evaluate else None
+        collator = teacher_cache.collator(collator)
+    stop = GracefulStop()  # SIGTERM / Ctrl-C: checkpoint at the next step end, then TrainingInterrupted below
+    trainer = trainer_class(
+        model=model,
+        teacher_model=teacher,
+        teacher_cache=teacher_cache,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[stop],
+    )
+    resume = resolve_resume(args.resume_from_checkpoint, checkpoints)
+    logger.info("training %s -> %s", name, output_dir)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stop.restore()
+    if stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
+        # No final model: a stopped run must not look finished. The checkpoint is where resume starts.
+        raise TrainingInterrupted(stop.received, trainer.state.global_step, checkpoint=stop.checkpoint)
+    metrics = dict(result.metrics)
+    if evaluate:
+        metrics.update(trainer.evaluate())
+    if args.predict_with_generate and data.task == "causal_lm" and trainer.is_world_process_zero():
+        metrics.update(validate_by_generation(model, tokenizer, data, args, output_dir))
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        record = {"name": name, "final_metrics": metrics, "log_history": trainer.state.log_history}
+        write_json(os.path.join(output_dir, TRAINING_METRICS_FILE), record)
+    if stop.received is not None:  # the signal came at the very last step: finished and saved, but stop here
+        raise TrainingInterrupted(stop.received, trainer.state.global_step, finished_in=output_dir)
+    return TrainedModel(name, output_dir, metrics)
+
+
+def validate_by_generation(model, tokenizer, data: PreparedData, args, output_dir: str) -> dict:
+    """Greedy and sampled completions of the validation split, written to ``validation_predictions.json``."""
+    from .inference import generation_predictions  # its metrics (nltk) take a second to import: only when used
+
+    max_new_tokens = args.generation_max_length or 64
+    results = {
+        mode: generation_predictions(
+            model,
+            tokenizer,
+            data,
+            "validation",
+            max_new_tokens=max_new_tokens,
+            sampled=mode == "sampled",
+            seed=args.seed,
+            batch_size=args.per_device_eval_batch_size,
+        )
+        for mode in ("greedy", "sampled")
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    write_json(os.path.join(output_dir, "validation_predictions.json"), results)
+    return {f"validation_{mode}_{name}": value for mode, result in results.items() for name, value in result["metrics"].items()}
+
+
+def scratch_teacher(
+    model_type: str, task: str, raw: DatasetDict, data_args: DataArguments, model_args: ModelArguments, seed: int = 42
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreparedData]:
+    """A small teacher from a config, with a tokenizer trained on the training texts (no download anywhere).
+
+    The tokenizer is a function of the texts and the weights of ``seed``, so every run, and every process of a
+    distributed run, builds the same teacher.
+    """
+    input_columns, target_column = resolve_columns(raw, data_args, task)
+    texts = joined_inputs(raw["train"], input_columns, data_args.input_column_separator)
+    if task != "classification" and target_column:
+        texts += list(raw["train"][target_column])
+    tokenizer = train_tokenizer(texts, vocab_size=model_args.scratch_vocab_size, model_type=model_type)
+    data = prepare_data(raw, tokenizer, task, data_args)
+    hidden = model_args.scratch_hidden_size
+    set_seed(seed)
+    teacher = tiny_model(
+        model_type,
+        len(tokenizer),
+        hidden=hidden,
+        layers=model_args.scratch_num_layers,
+        heads=max(1, hidden // 32),
+        num_labels=len(data.label_names or [0, 1]),
+    )
+    for name, value in label_overrides(task, data.label_names).items():
+        setattr(teacher.config, name, value)
+    if teacher.can_generate():
+        teacher.generation_config.max_new_tokens = data_args.max_target_length
+        teacher.generation_config.max_length = None
+    logger.info("teacher built from scratch: %s, hidden %d, %d layers", model_type, hidden, model_args.scratch_num_layers)
+    return teacher, tokenizer, data
