@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 def train_teacher(model_args, data_args, training_args, pipeline_args: PipelineArguments | None = None) -> TrainedModel:
     """Fine-tune the given teacher on the task, or train a small one from scratch when none is given."""
     check_resume(training_args)
-    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
     else:
@@ -110,7 +110,7 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     check_resume(training_args)
     if training_args.teacher_cache:
         return distill_from_cache(model_args, data_args, training_args)
-    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
     check_student_plan(model_args, training_args, config, task)
@@ -126,11 +126,11 @@ def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
     config = student_config(model_args)
     _, task = resolve_model_type_and_task(model_args, config)
     known_labels = has_trained_labels(config) if task == "classification" else None
-    raw = load_raw_splits(data_args, task, evaluates=evaluates(training_args), known_labels=known_labels)
+    raw = load_raw_splits(data_args, task, evaluates=evaluates(training_args, task), known_labels=known_labels)
     tokenizer_source = model_args.custom_tokenizer_local_path or student_path
     tokenizer = load_tokenizer(tokenizer_source, flag="--student", trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(raw, tokenizer, task, data_args, known_labels)
-    splits = ("train", "validation") if evaluates(training_args) else ("train",)
+    splits = ("train", "validation") if evaluates(training_args, task) else ("train",)
     cache = load_teacher_cache(training_args.teacher_cache, data, tokenizer, temperature=training_args.temperature, splits=splits)
     student = load_model(student_path, task, flag="--student", trust_remote_code=model_args.trust_remote_code)
     name = run_name(training_args)
@@ -142,7 +142,7 @@ def cache_teacher(model_args, data_args, training_args, cache_args: CacheArgumen
     check_cache_destination(training_args)
     path = training_args.teacher_cache
     # The same splits as the distill run it serves: that run reads the validation split only if it evaluates.
-    _, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    _, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
     teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
@@ -267,7 +267,7 @@ def run_pipeline(
 
     root = training_args.output_dir
     check_pipeline_training(training_args)
-    model_type, task, raw, config = load_data(model_args, data_args, evaluates=evaluates(training_args))
+    model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
         check_student_plan(model_args, training_args, teacher.config, task)

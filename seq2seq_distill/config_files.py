@@ -107,6 +107,8 @@ def _convert(key: str, value, action):
     if value is None:
         return None
     if action.nargs == "+":
+        if key == "term_weights" and isinstance(value, dict):  # term_weights: {name: weight} reads naturally in YAML
+            value = [f"{name}={weight}" for name, weight in value.items()]
         items = value if isinstance(value, list) else [value]
         return [_convert_scalar(key, item, action) for item in items]
     if isinstance(value, (list, dict)):

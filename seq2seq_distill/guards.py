@@ -124,8 +124,14 @@ class GracefulStop(TrainerCallback):
         return bool(flag.item())
 
 
+def any_nonfinite(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[1]`` float flag on the loss's device: 1 when the loss or a term is NaN or infinite (no device sync)."""
+    values = torch.stack([loss.detach().float().reshape(()), *[value.detach().float().reshape(()) for value in terms.values()]])
+    return (~torch.isfinite(values).all()).float().reshape(1)
+
+
 def nonfinite_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> list[str]:
-    """The names of the terms that are NaN or infinite (``loss`` itself when only the total is); one device sync."""
+    """The names of the terms that are NaN or infinite (``loss`` itself when only the total is); for the message."""
     values = torch.stack([loss.detach().float().reshape(()), *[value.detach().float().reshape(()) for value in terms.values()]])
     finite = torch.isfinite(values).tolist()
     if all(finite):

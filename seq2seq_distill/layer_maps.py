@@ -69,7 +69,13 @@ def resolve_layer_map(
     teacher can only be paired through an explicit map, and only where ``allow_deeper`` (an existing deep-and-thin
     student; a copied student is never deeper than its teacher).
     """
-    if student_layers is not None and student_layers > teacher_layers and not (allow_deeper and explicit is not None):
+    if allow_deeper and explicit is None and student_layers is not None and student_layers > teacher_layers:
+        # an existing (deep-and-thin) student: no count flag was given, only a map can pair its layers
+        raise InputError(
+            f"the student has {student_layers} {role} layers but the teacher only {teacher_layers}; give "
+            f"--{map_argument} to pair them"
+        )
+    if student_layers is not None and student_layers > teacher_layers and not allow_deeper:
         raise InputError(
             f"--{count_argument} {student_layers} is more than the teacher's {teacher_layers} {role} layers; a student "
             f"must be smaller: choose at most {teacher_layers}, or give --{map_argument} to pair deeper layers"

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-NEEDS = frozenset({"teacher", "hidden_states", "attentions", "layer_pairs"})
+NEEDS = frozenset({"teacher", "teacher_outputs", "hidden_states", "attentions", "layer_pairs"})
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,13 @@ class TermInputs:
 
 BUILT_IN_TERMS: tuple[Term, ...] = (
     Term("ce_loss", "ce_weight", "logits"),
-    Term("kd_loss", "kd_weight", "logits", frozenset({"teacher"})),
-    Term("hidden_loss", "hidden_weight", "features", frozenset({"teacher", "hidden_states", "layer_pairs"})),
-    Term("attention_loss", "attention_weight", "features", frozenset({"teacher", "attentions", "layer_pairs"})),
-    Term("norm_loss", "norm_weight", "features", frozenset({"teacher", "hidden_states", "layer_pairs"})),
+    # teacher_outputs: the teacher runs on the batch; pg_loss needs the teacher only to score its own samples.
+    Term("kd_loss", "kd_weight", "logits", frozenset({"teacher", "teacher_outputs"})),
+    Term("hidden_loss", "hidden_weight", "features", frozenset({"teacher", "teacher_outputs", "hidden_states", "layer_pairs"})),
+    Term(
+        "attention_loss", "attention_weight", "features", frozenset({"teacher", "teacher_outputs", "attentions", "layer_pairs"})
+    ),
+    Term("norm_loss", "norm_weight", "features", frozenset({"teacher", "teacher_outputs", "hidden_states", "layer_pairs"})),
     Term("pg_loss", "policy_gradient_weight", "policy", frozenset({"teacher"}), training_only=True),
     # The penalties act on the policy-gradient samples: on only together with pg_loss (see plan_terms).
     Term("token_frequency_penalty", "token_frequency_penalty", "policy", training_only=True),
@@ -107,7 +110,7 @@ def register_term(
 ) -> Term:
     """Add a distillation term without editing the package; it is weighed by ``term_weights[name]``.
 
-    ``compute(step)`` gets a :class:`~seq2seq_distill.trainer.TermInputs` (the student and teacher, their outputs,
+    ``compute(step)`` gets a :class:`TermInputs` (the student and teacher, their outputs,
     the batch and the positions with their step-wide counts) and returns a scalar tensor. For exact gradient
     accumulation, return a sum over positions divided by the step-wide count of those positions
     (``step.positions.target_count`` or ``source_count``). ``needs`` may hold ``teacher`` (the live teacher runs
@@ -118,9 +121,10 @@ def register_term(
         raise ValueError(f"term name {name!r} must be letters, digits and underscores")
     if any(term.name == name for term in BUILT_IN_TERMS):
         raise ValueError(f"{name!r} is a built-in term; choose another name")
-    unknown = set(needs) - (NEEDS - {"layer_pairs"})
+    unknown = set(needs) - {"teacher", "hidden_states", "attentions"}
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)}; choose from: teacher, hidden_states, attentions")
+    needs = set(needs) | ({"teacher_outputs"} if "teacher" in needs else set())  # it reads the teacher's outputs
     term = Term(name, name, None, frozenset(needs), training_only, compute, registered=True)
     _REGISTERED[name] = term
     return term

@@ -35,7 +35,7 @@ from .arguments import DistillationSettings
 from .chunked_kd import CachedTeacherRows, LiveTeacherRows, ce_kd_row_pass
 from .errors import InputError, NonFiniteLossError
 from .features import PROJECTIONS_ATTR, attach_projections, feature_terms, pair_layers
-from .guards import nonfinite_terms
+from .guards import any_nonfinite, nonfinite_terms
 from .modeling import (
     freeze_teacher,
     load_model,
@@ -214,7 +214,7 @@ class DistillationMixin:
 
         student_outputs = model(**model_inputs, **extra_outputs)
         teacher_outputs = None
-        if self.teacher is not None and self.plan.needs("teacher", training=training):
+        if self.teacher is not None and self.plan.needs("teacher_outputs", training=training):
             teacher_inputs = {k: v for k, v in model_inputs.items() if k in self._teacher_input_names}
             with torch.no_grad():
                 teacher_outputs = self.teacher(**teacher_inputs, **extra_outputs)
@@ -305,14 +305,13 @@ class DistillationMixin:
         One flag per micro-batch, reduced over processes so that every process stops at the same step. The weights
         are still those from before this step here, so the checkpoint saved on the way out is a clean one.
         """
-        names = nonfinite_terms(loss, terms)
-        bad = torch.tensor([float(bool(names))], device=loss.device)
+        bad = any_nonfinite(loss, terms)
         if self.args.world_size > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
-        if not bool(bad.item()):
+        if not bool(bad.item()):  # the one device sync of the guard per micro-batch
             return loss
         step = self.state.global_step + 1
-        names = names or ["loss"]
+        names = nonfinite_terms(loss, terms) or ["loss"]  # empty here when the bad term is another process's
         described = ", ".join(f"{name} = {float(terms[name]) if name in terms else float(loss)}" for name in names)
         if self.distillation.skip_nonfinite_batches:
             logger.warning("step %d: %s; batch skipped (--skip_nonfinite_batches)", step, described)
@@ -383,10 +382,11 @@ def check_plan(plan: TermPlan, task: str, teacher_model, teacher_cache, settings
         # A cached teacher replaces the live one for the KD term only; it has no hidden states or attentions.
         if teacher_model is not None:
             raise InputError("pass either teacher_model or teacher_cache, not both")
-        if any("teacher" in term.needs for term in plan.terms if term.name != "kd_loss"):
+        live = [entry for entry in describe_weights(settings, "teacher") if not entry.startswith("kd_weight")]
+        if live:
             raise InputError(
-                "a teacher cache holds logits only: set hidden_weight, attention_weight and norm_weight to 0, or distill "
-                "with the live teacher"
+                f"a teacher cache holds logits only, and {', '.join(live)} need the live teacher: set "
+                f"{'it' if len(live) == 1 else 'them'} to 0, or distill with the live teacher"
             )
         if teacher_cache.temperature != settings.temperature:
             raise InputError(

@@ -100,23 +100,24 @@ def label_overrides(task: str, label_names: list[str] | None) -> dict:
     }
 
 
-def load_data(
-    model_args: ModelArguments, data_args: DataArguments, *, evaluates: bool = True
-) -> tuple[str, str, DatasetDict, object]:
+def load_data(model_args: ModelArguments, data_args: DataArguments, training_args=None) -> tuple[str, str, DatasetDict, object]:
     """Model type, task, raw splits and the teacher's config (validated before any weights are loaded).
 
-    ``evaluates``: whether the command reads a validation split (a training run with an eval strategy).
+    ``training_args``: the run's, which say whether it reads a validation split (:func:`evaluates`); without them
+    (pseudo-labelling) a validation split is carved as for a run that evaluates.
     """
     config = teacher_config(model_args)
     model_type, task = resolve_model_type_and_task(model_args, config)
     known_labels = has_trained_labels(config) if task == "classification" and config is not None else None
-    raw = load_raw_splits(data_args, task, evaluates=evaluates, known_labels=known_labels)
+    reads_validation = evaluates(training_args, task) if training_args is not None else True
+    raw = load_raw_splits(data_args, task, evaluates=reads_validation, known_labels=known_labels)
     return model_type, task, raw, config
 
 
-def evaluates(training_args) -> bool:
+def evaluates(training_args, task: str) -> bool:
     """Whether a training run reads the validation split: to evaluate, or (causal LMs) to validate by generation."""
-    return training_args.eval_strategy != "no" or bool(getattr(training_args, "predict_with_generate", False))
+    generates = task == "causal_lm" and bool(getattr(training_args, "predict_with_generate", False))
+    return training_args.eval_strategy != "no" or generates
 
 
 def load_teacher_and_tokenizer(

@@ -97,3 +97,26 @@ def test_a_run_with_a_registered_term_resumes_exactly(tiny, tokenizer_for, tmp_p
     resumed = run("parts", 4, resume=str(tmp_path / "parts" / "checkpoint-2"))
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_term_weights_from_a_config_mapping_or_list(tmp_path):
+    import yaml
+
+    from seq2seq_distill.arguments import Seq2SeqDistillationTrainingArguments
+    from seq2seq_distill.cli import COMMANDS, parse_command
+
+    for value in ({"hidden_cosine_loss": 0.5}, ["hidden_cosine_loss=0.5"]):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"term_weights": value}))
+        parsed = parse_command(COMMANDS["distill"], ["--config", str(path)])
+        assert parsed[Seq2SeqDistillationTrainingArguments].extra_term_weights == {"hidden_cosine_loss": 0.5}
+
+
+def test_only_terms_that_read_the_batch_run_the_teacher_on_it():
+    """Policy-gradient distillation scores its own samples with the teacher: no teacher forward on the batch."""
+    pg_only = plan_terms(DistillationSettings(ce_weight=0.5, kd_weight=0.0, policy_gradient_weight=1.0))
+    assert pg_only.needs_teacher and not pg_only.needs("teacher_outputs")
+    with_kd = plan_terms(DistillationSettings(kd_weight=0.5))
+    assert with_kd.needs("teacher_outputs")
+    registered = plan_terms(DistillationSettings(kd_weight=0.0, term_weights=["hidden_cosine_loss=1"]))
+    assert registered.needs("teacher_outputs") and registered.needs_hidden_states

@@ -426,5 +426,6 @@ def test_review_cases_of_bad_input(tmp_path, capsys):
     with pytest.raises(InputError, match="--custom_tokenizer_local_path .* has no readable tokenizer files"):
         load_tokenizer(str(broken), flag="--custom_tokenizer_local_path")
     # a causal-LM run that validates by generation reads the validation split even without an eval strategy
-    assert evaluates(Args(output_dir=str(tmp_path), eval_strategy="no", predict_with_generate=True))
-    assert not evaluates(Args(output_dir=str(tmp_path), eval_strategy="no"))
+    assert evaluates(Args(output_dir=str(tmp_path), eval_strategy="no", predict_with_generate=True), "causal_lm")
+    assert not evaluates(Args(output_dir=str(tmp_path), eval_strategy="no", predict_with_generate=True), "seq2seq")
+    assert not evaluates(Args(output_dir=str(tmp_path), eval_strategy="no"), "causal_lm")
