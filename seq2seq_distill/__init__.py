@@ -8,6 +8,7 @@ from .arguments import DistillationSettings, DistillationTrainingArguments, Seq2
 from .layer_maps import spread_layers
 from .losses import (
     DIVERGENCES,
+    attention_relation_loss,
     attention_transfer_loss,
     cross_entropy_sum,
     hidden_state_loss,
@@ -34,6 +35,7 @@ __all__ = [
     "StepPositions",
     "TeacherCache",
     "TermInputs",
+    "attention_relation_loss",
     "attention_transfer_loss",
     "build_teacher_cache",
     "create_student",

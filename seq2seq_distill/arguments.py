@@ -3,6 +3,7 @@
 Weighting convention (one for every term, no hidden ``1 - alpha``)::
 
     loss = ce_weight * CE + kd_weight * KD + hidden_weight * HIDDEN + attention_weight * ATTENTION + norm_weight * NORM
+           + relation_weight * RELATION
 
 Each term is a sum over its positions divided by the count of those positions in the whole optimizer step, so
 weights are comparable across batch sizes and gradient accumulation. A weight of 0 switches its term off and costs
@@ -31,6 +32,7 @@ from .terms import PENALTY_WEIGHTS, PRIMARY_WEIGHTS, registered_terms
 
 HIDDEN_LOSSES = ("mse", "cosine")
 ATTENTION_LOSSES = ("kl", "mse")
+RELATION_LAYERS = ("last", "all")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The weights that switch a built-in term on (from the table in terms.py); registered terms add term_weights.
 WEIGHT_NAMES = PRIMARY_WEIGHTS
@@ -55,6 +57,10 @@ class DistillationSettings:
         hidden_weight (`float`, defaults to 0.0): weight of hidden-state matching of mapped layers.
         attention_weight (`float`, defaults to 0.0): weight of attention-map transfer of mapped layers.
         norm_weight (`float`, defaults to 0.0): weight of matching per-token normalization statistics.
+        relation_weight (`float`, defaults to 0.0): weight of self-attention relation transfer (MiniLMv2).
+        relation_heads (`int`, optional): relation heads; unset: the student's attention head count, or its largest
+            divisor that also divides the teacher's query / key / value width.
+        relation_layers (`str`, defaults to "last"): last (each stack's last student layer) or all (every mapped pair).
         divergence (`str`, defaults to "forward_kl"): a name registered in `seq2seq_distill.losses.DIVERGENCES`.
         divergence_beta (`float`, defaults to 0.5): interpolation weight of generalized_jsd / skew divergences.
         hidden_loss (`str`, defaults to "mse"): mse or cosine.
@@ -81,6 +87,29 @@ class DistillationSettings:
     norm_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of matching per-token mean and log-variance of mapped layers' hidden states (0 = off)."},
+    )
+    relation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of self-attention relation transfer (MiniLMv2): KL between the teacher's and the student's "
+            "query-query, key-key and value-value softmax relations of mapped layers; no projection, so hidden sizes "
+            "and head counts may differ (0 = off, nothing recorded)."
+        },
+    )
+    relation_heads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Heads the queries, keys and values are split into for the relations; must divide both models' "
+            "widths. Unset: the student's attention head count, or its largest divisor that divides the teacher's width."
+        },
+    )
+    relation_layers: str = field(
+        default="last",
+        metadata={
+            "help": "Relations of each stack's last student layer against its mapped teacher layer (last, as MiniLMv2), "
+            "or of every mapped layer pair (all).",
+            "choices": RELATION_LAYERS,
+        },
     )
     divergence: str = field(
         default="forward_kl",
@@ -227,6 +256,9 @@ class DistillationSettings:
             raise InputError(f"unknown hidden_loss {self.hidden_loss!r}; choose one of: {', '.join(HIDDEN_LOSSES)}")
         if self.attention_loss not in ATTENTION_LOSSES:
             raise InputError(f"unknown attention_loss {self.attention_loss!r}; choose one of: {', '.join(ATTENTION_LOSSES)}")
+        check_at_least(self, ("relation_heads",), 1)
+        if self.relation_layers not in RELATION_LAYERS:
+            raise InputError(f"unknown relation_layers {self.relation_layers!r}; choose one of: {', '.join(RELATION_LAYERS)}")
         for name in PENALTY_WEIGHTS:
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -423,6 +455,45 @@ class DataArguments:
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even when a cached result exists."})
+    transfer_dataset: str | None = field(
+        default=None,
+        metadata={"help": "A hub dataset of unlabelled inputs the teacher labels (a transfer set): KD only, no CE."},
+    )
+    transfer_dataset_config: str | None = field(default=None, metadata={"help": "The transfer dataset's hub config."})
+    transfer_dataset_local_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local transfer set: any data file or folder --dataset_local_path reads. Its train split (or its "
+            "only file) is used; labels in it are ignored."
+        },
+    )
+    transfer_input_column: list[str] | None = field(
+        default=None,
+        metadata={"help": "The transfer set's input column(s), in the order of --dataset_input_column (unset: the same names)."},
+    )
+    transfer_size: int | None = field(default=None, metadata={"help": "Use the first N rows of the transfer set (none = all)."})
+    augment_copies: int = field(
+        default=0,
+        metadata={
+            "help": "Augmented copies of each labelled training input added to the transfer set (Tang et al. 2019: "
+            "masking, same-corpus word replacement, n-gram sampling); KD only. 0 = off."
+        },
+    )
+    augment_mask_prob: float = field(
+        default=0.1, metadata={"help": "Augmentation: chance that a word becomes the tokenizer's mask token."}
+    )
+    augment_replace_prob: float = field(
+        default=0.1,
+        metadata={"help": "Augmentation: chance that a word is replaced by a random word of the training corpus."},
+    )
+    augment_ngram_prob: float = field(
+        default=0.25,
+        metadata={
+            "help": "Augmentation: chance that a copy is cut to a random n-gram of its words (n of 1..--augment_ngram_max)."
+        },
+    )
+    augment_ngram_max: int = field(default=5, metadata={"help": "Augmentation: longest n-gram sampled."})
+    augment_seed: int = field(default=42, metadata={"help": "Seed of the augmentation (the same for every command)."})
 
     def __post_init__(self) -> None:
         for name in ("validation_fraction", "test_fraction"):
@@ -437,6 +508,21 @@ class DataArguments:
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1 (or unset for all), got {value!r}")
         check_at_least(self, ("preprocessing_num_workers",), 1)
+        check_at_least(self, ("transfer_size", "augment_ngram_max"), 1)
+        check_at_least(self, ("augment_copies", "augment_seed"), 0)
+        for name in ("augment_mask_prob", "augment_replace_prob", "augment_ngram_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {value!r}")
+        if self.augment_mask_prob + self.augment_replace_prob > 1.0:
+            raise InputError(
+                "augment_mask_prob + augment_replace_prob must be at most 1 (each word is masked, replaced or kept), "
+                f"got {self.augment_mask_prob} + {self.augment_replace_prob}"
+            )
+        if self.transfer_dataset and self.transfer_dataset_local_path:
+            raise InputError("pass one of --transfer_dataset and --transfer_dataset_local_path, not both")
+        if isinstance(self.transfer_input_column, str):
+            self.transfer_input_column = [self.transfer_input_column]
         if not 0 <= self.split_seed < 2**32:
             raise InputError(f"split_seed must be in [0, 2**32), got {self.split_seed!r}")
         if isinstance(self.dataset_input_column, str):  # DataArguments(dataset_input_column="text") from Python
@@ -483,6 +569,18 @@ class PipelineArguments:
         default=True,
         metadata={"help": "Also train the same student without distillation (CE only), to see whether distillation helped."},
     )
+    seeds: int = field(
+        default=1,
+        metadata={
+            "help": "Train the baseline and the distilled student this many times, run i with --seed + i (data order, "
+            "dropout, anything initialized afresh; the teacher is trained once), into baseline-seedS / "
+            "distilled-seedS, and report mean and spread over them. 3 or more for a verdict: distillation wins only "
+            "when it beats the baseline by more than the spread. 1: the folders baseline / distilled, no spread."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_at_least(self, ("seeds",), 1)
 
 
 @dataclass
@@ -522,6 +620,16 @@ class BenchmarkArguments:
         metadata={"help": "Models to compare (folders or hub names); the first is the teacher unless --teacher_name."},
     )
     model_names: list[str] | None = field(default=None, metadata={"help": "Display names, one per model (unset: folder names)."})
+    model_groups: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "A setting name per model, in --models order: models with the same name are seed runs of one "
+            "setting, reported as mean and spread over them (speed and size: their median), e.g. --model_groups "
+            "teacher baseline baseline baseline distilled distilled distilled. The setting named baseline is the "
+            "CE-only student the verdict compares the others with. Unset: each model is a setting of its own "
+            "(pipeline --seeds groups its runs itself)."
+        },
+    )
     teacher_name: str | None = field(
         default=None, metadata={"help": "Which model the ratios compare against (unset: the first)."}
     )
@@ -583,6 +691,18 @@ class BenchmarkArguments:
         if len(set(names)) != len(names):
             raise InputError(f"model names must be distinct, got {', '.join(names)}; set --model_names")
         return dict(zip(names, self.models, strict=True))
+
+    def settings_of_models(self) -> dict[str, list[str]] | None:
+        """{setting: its models' display names} from ``--model_groups``, or None when unset (a setting per model)."""
+        if self.model_groups is None:
+            return None
+        names = list(self.named_models())
+        if len(self.model_groups) != len(names):
+            raise InputError(f"--model_groups has {len(self.model_groups)} names for {len(names)} models; give one per model")
+        settings: dict[str, list[str]] = {}
+        for setting, name in zip(self.model_groups, names, strict=True):
+            settings.setdefault(setting, []).append(name)
+        return settings
 
 
 @dataclass

@@ -6,9 +6,13 @@ the teacher's generation config unless flags set them). Timings exclude warm-up 
 ``benchmark_results.json``, ``comparison_table.csv``, ``benchmark_report.md`` (first line: the verdict),
 ``sample_predictions.md``, ``quality_vs_latency.png`` and, when training logs are at hand, ``training_curves.png``.
 
+Seed runs of one setting (``pipeline --seeds``, ``benchmark --model_groups``) are measured one by one as well, then
+summed up per setting: the mean and spread of each quality figure, the median of the cost figures, and the A/B rule
+(:func:`seed_comparison`) the verdict states: distillation wins only by more than the spread over seeds.
+
 Running the models is ``inference.py``'s job and writing the files ``reports.py``'s; this module is the measuring
 only (quality, agreement, speed, size, the verdict), kept together past 400 lines so that one procedure measures
-every model and the verdict's rule sits beside the figures it judges.
+every model and the verdict's rules (the speed-up's and the A/B's) sit beside the figures they judge.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import math
 import os
 import platform
+import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -43,6 +50,7 @@ logger = logging.getLogger(__name__)
 MAIN_METRIC = {"seq2seq": "rougeL", "classification": "accuracy", "causal_lm": "perplexity"}
 LOWER_IS_BETTER = {"perplexity", "kl_to_teacher"}
 MIN_RELIABLE_TIMINGS = 10  # fewer latency timings than this per model: the verdict states no speed-up ratio
+BASELINE_SETTING = "baseline"  # the CE-only student: the setting the verdict compares every other student with
 
 
 @dataclass
@@ -341,13 +349,22 @@ def run_benchmark(
     teacher_name: str | None = None,
     max_target_length: int = 128,
     trust_remote_code: bool = False,
+    settings: dict[str, list[str]] | None = None,
+    seeds: dict[str, int] | None = None,
 ) -> dict:
-    """Measure every model, compare the students with the teacher, and write the reports."""
+    """Measure every model, compare the students with the teacher, and write the reports.
+
+    ``settings``: {setting: names of its models}, the seed runs of one setting (unset: a setting per model); each
+    setting is reported as the mean and spread of its runs' quality and the median of their speed and size, and the
+    verdict compares the students' settings with the ``baseline`` one (:func:`seed_comparison`). ``seeds``: the seed
+    of each model where known, recorded beside its setting.
+    """
     if not models:
         raise InputError("benchmark needs at least one model: pass --models")
     teacher_name = teacher_name or args.teacher_name or next(iter(models))
     if teacher_name not in models:
         raise InputError(f"--teacher_name {teacher_name!r} is not one of the models ({', '.join(models)})")
+    settings = check_settings(settings, list(models), teacher_name)
     device = default_device(args.device)
     evaluation = evaluation_set(data, args.benchmark_split)
     if data.task == "classification" and all(label < 0 for label in evaluation.references):
@@ -376,7 +393,13 @@ def run_benchmark(
         main_metric = "perplexity" if data.task == "causal_lm" else next(iter(results[teacher_name].quality))
     for result in results.values():
         result.versus_teacher = compare_with_teacher(result, results[teacher_name], main_metric)
-    verdict = make_verdict(results, teacher_name, main_metric)
+    setting_results = {
+        setting: setting_result(setting, [results[name] for name in names], results[teacher_name], main_metric)
+        for setting, names in settings.items()
+    }
+    teacher_setting = next(setting for setting, names in settings.items() if teacher_name in names)
+    versus_baseline = compare_settings(settings, results, teacher_setting, main_metric)
+    verdict = make_verdict(setting_results, teacher_setting, main_metric, versus_baseline)
     summary = {
         "verdict": verdict,
         "teacher": teacher_name,
@@ -387,6 +410,10 @@ def run_benchmark(
         "settings": {"benchmark": asdict(args), "generation": generation},
         "environment": environment(device),
         "models": {name: {k: v for k, v in asdict(result).items() if k != "predictions"} for name, result in results.items()},
+        "groups": {
+            setting: setting_summary(names, results, setting_results[setting], seeds or {}) for setting, names in settings.items()
+        },
+        "versus_baseline": versus_baseline,
     }
     write_reports(summary, results, data, evaluation, output_dir, training_logs or {}, args)
     return summary
@@ -450,22 +477,199 @@ def speedup_reliability(cost: dict, teacher_cost: dict, name: str = "model", tea
     return f"the p50-p95 latency ranges overlap ({shown}), so the difference is within the timings' spread"
 
 
-def make_verdict(results: dict[str, ModelResult], teacher_name: str, main_metric: str) -> str:
+def make_verdict(
+    results: dict[str, ModelResult], teacher_name: str, main_metric: str, versus_baseline: dict[str, dict] | None = None
+) -> str:
+    """One line: what each student (or setting of seed runs) keeps of the teacher, at what speed and size; where
+    ``versus_baseline`` holds a setting's :func:`seed_comparison`, that setting comes first with it."""
     label = METRIC_LABELS.get(main_metric, main_metric)
+    versus_baseline = versus_baseline or {}
     parts = []
-    for name, result in results.items():
+    for name in sorted(results, key=lambda name: name not in versus_baseline):  # the A/B first, then model order
         if name == teacher_name:
             continue
-        versus = result.versus_teacher
-        retained = versus["quality_retained"]
-        kept = f"{retained:.1f}%" if retained == retained else "n/a (the teacher scores 0)"
-        size = f"{100 * versus['size_fraction']:.0f}% of the size"
-        if versus.get("speedup_note"):  # no ratio where the timings cannot support one
-            note = f"speed-up not measured reliably: {versus['speedup_note']}"
-            parts.append(f"{name} keeps {kept} of the teacher's {label} at {size} ({note})")
+        keeps = _keeps(results[name].versus_teacher, label)
+        comparison = versus_baseline.get(name)
+        if comparison is None:
+            parts.append(f"{name} {keeps}")
+        elif comparison["beats"]:
+            parts.append(f"{seed_comparison_phrase(name, comparison, label)} and {keeps}")
         else:
-            parts.append(f"{name} keeps {kept} of the teacher's {label} at {versus['speedup_latency']:.1f}x the speed and {size}")
+            parts.append(f"{seed_comparison_phrase(name, comparison, label)}; {name} {keeps}")
     return "; ".join(parts) if parts else f"{teacher_name}: {label} {results[teacher_name].quality[main_metric]:.2f}"
+
+
+def _keeps(versus: dict, label: str) -> str:
+    retained = versus["quality_retained"]
+    kept = f"{retained:.1f}%" if retained == retained else "n/a (the teacher scores 0)"
+    size = f"{100 * versus['size_fraction']:.0f}% of the size"
+    if versus.get("speedup_note"):  # no ratio where the timings cannot support one
+        return f"keeps {kept} of the teacher's {label} at {size} (speed-up not measured reliably: {versus['speedup_note']})"
+    return f"keeps {kept} of the teacher's {label} at {versus['speedup_latency']:.1f}x the speed and {size}"
+
+
+# ---- seed runs: one setting trained several times, and the A/B verdict ---------------------------------------
+
+
+def seed_comparison(baseline: Sequence[float], candidate: Sequence[float], lower_is_better: bool = False) -> dict:
+    """The A/B rule over seeds: does ``candidate`` beat ``baseline`` by more than the spread of either?
+
+    ``difference = mean(candidate) - mean(baseline)`` in the metric's units; ``spread`` = the larger of the two
+    settings' sample standard deviations over their seed runs (``statistics.stdev``, n - 1); ``beats`` is
+    ``difference > spread``, or ``-difference > spread`` where lower is better (perplexity). With fewer than 2 runs
+    in either setting the spread is unknown and ``beats`` is None: one seed cannot show a win (nor a loss). A figure
+    that is not finite makes ``beats`` None as well.
+    """
+    if not baseline or not candidate:
+        raise ValueError("seed_comparison needs at least one run of each setting")
+    difference = statistics.fmean(candidate) - statistics.fmean(baseline)
+    spread = None
+    if len(baseline) >= 2 and len(candidate) >= 2:
+        spreads = (_stdev(baseline), _stdev(candidate))
+        spread = float("nan") if any(math.isnan(value) for value in spreads) else max(spreads)
+    gain = -difference if lower_is_better else difference
+    beats = None if spread is None or not (math.isfinite(gain) and math.isfinite(spread)) else gain > spread
+    return {
+        "runs": len(candidate),
+        "baseline_runs": len(baseline),
+        "mean": statistics.fmean(candidate),
+        "baseline_mean": statistics.fmean(baseline),
+        "difference": difference,
+        "spread": spread,
+        "lower_is_better": lower_is_better,
+        "beats": beats,
+    }
+
+
+def seed_comparison_phrase(name: str, comparison: dict, label: str) -> str:
+    """The verdict's words for a :func:`seed_comparison`, e.g. "distilled beats the CE-only student by +2.30
+    accuracy (3 seeds, spread 0.40)" or "distilled does not beat the CE-only student: +0.10 accuracy (...)"."""
+    runs, baseline_runs = comparison["runs"], comparison["baseline_runs"]
+    seeds = f"{runs} seed{'s' if runs > 1 else ''}" if runs == baseline_runs else f"{runs} vs {baseline_runs} seeds"
+    direction = "lower is better; " if comparison["lower_is_better"] else ""
+    difference = comparison["difference"]
+    shown = f"{difference:+.2f} {label}" if math.isfinite(difference) else f"n/a {label}"
+    if comparison["spread"] is None:
+        return f"{name} vs the CE-only student: {shown} ({direction}{seeds}: no spread, rerun with --seeds 3)"
+    detail = f"({direction}{seeds}, spread {_figure(comparison['spread'])})"
+    if comparison["beats"] is None:  # a figure that is not finite: nothing to claim either way
+        return f"{name} vs the CE-only student: {shown} {detail}"
+    if comparison["beats"]:
+        return f"{name} beats the CE-only student by {shown} {detail}"
+    return f"{name} does not beat the CE-only student: {shown} {detail}"
+
+
+def _figure(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "n/a"
+
+
+def _stdev(values: Sequence[float]) -> float:
+    """The sample standard deviation (n - 1), NaN when a value is not finite (an overflowed perplexity)."""
+    return statistics.stdev(values) if all(math.isfinite(value) for value in values) else float("nan")
+
+
+def check_settings(settings: dict[str, list[str]] | None, names: list[str], teacher_name: str) -> dict[str, list[str]]:
+    """{setting: its models}, every model in exactly one setting and the teacher in one of its own (unset: a
+    setting per model)."""
+    if settings is None:
+        return {name: [name] for name in names}
+    placed = [name for members in settings.values() for name in members]
+    unknown = sorted(set(placed) - set(names))
+    if unknown:
+        raise InputError(f"settings name models that are not benchmarked: {', '.join(unknown)}")
+    missing = [name for name in names if name not in placed]
+    twice = sorted({name for name in placed if placed.count(name) > 1})
+    if missing or twice:
+        raise InputError(
+            f"every model needs exactly one setting; without one: {', '.join(missing) or 'none'}; in several: "
+            f"{', '.join(twice) or 'none'}"
+        )
+    for setting, members in settings.items():
+        others = [name for name in members if name != teacher_name]
+        if teacher_name in members and others:
+            raise InputError(
+                f"the teacher {teacher_name!r} shares the setting {setting!r} with {', '.join(others)}; give the teacher "
+                "a --model_groups name of its own"
+            )
+    return settings
+
+
+def setting_result(name: str, runs: list[ModelResult], teacher: ModelResult, main_metric: str) -> ModelResult:
+    """One setting's figures from its seed runs: the mean of every quality metric, the median of every cost figure
+    (the runs share an architecture: their speed differs by timing noise only), the fewest timings of any run (for
+    the speed-up reliability rule), and its comparison with the teacher. One run: that run's own figures."""
+    if len(runs) == 1:
+        result = runs[0]
+        return ModelResult(name, result.path, dict(result.quality), dict(result.cost), dict(result.versus_teacher))
+    quality = {
+        metric: statistics.fmean(run.quality[metric] for run in runs)
+        for metric in runs[0].quality
+        if all(_is_number(run.quality.get(metric)) for run in runs)
+    }
+    cost = {}
+    for key in runs[0].cost:
+        values = [run.cost.get(key) for run in runs]
+        if not all(_is_number(value) for value in values):
+            continue
+        finite = [value for value in values if math.isfinite(value)]
+        cost[key] = min(values) if key == "latency_timings" else statistics.median(finite) if finite else float("nan")
+    result = ModelResult(name, runs[0].path, quality, cost)
+    result.versus_teacher = compare_with_teacher(result, teacher, main_metric)
+    return result
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def seed_statistics(values: dict[str, float]) -> dict:
+    """Mean, spread (sample standard deviation; None for one run), min and max of one figure over seed runs."""
+    figures = list(values.values())
+    return {
+        "mean": statistics.fmean(figures),
+        "spread": _stdev(figures) if len(figures) >= 2 else None,
+        "min": min(figures),
+        "max": max(figures),
+        "by_model": dict(values),
+    }
+
+
+def setting_summary(names: list[str], results: dict[str, ModelResult], setting: ModelResult, seeds: dict[str, int]) -> dict:
+    """A setting in ``benchmark_results.json``: its models (and seeds), the statistics of each quality metric over
+    them, and its median cost and comparison with the teacher."""
+    metrics = [m for m in results[names[0]].quality if all(_is_number(results[n].quality.get(m)) for n in names)]
+    summary = {
+        "models": list(names),
+        "runs": len(names),
+        "quality": {metric: seed_statistics({n: results[n].quality[metric] for n in names}) for metric in metrics},
+        "cost": setting.cost,
+        "versus_teacher": setting.versus_teacher,
+    }
+    if all(name in seeds for name in names):
+        summary["seeds"] = [seeds[name] for name in names]
+    return summary
+
+
+def compare_settings(
+    settings: dict[str, list[str]], results: dict[str, ModelResult], teacher_setting: str, main_metric: str
+) -> dict[str, dict]:
+    """{setting: :func:`seed_comparison` with the baseline on the main metric} for every student setting, when a
+    setting named ``baseline`` is benchmarked (else empty)."""
+    baseline = settings.get(BASELINE_SETTING)
+    if baseline is None:
+        return {}
+    comparisons = {}
+    for setting, names in settings.items():
+        if setting in (BASELINE_SETTING, teacher_setting):
+            continue
+        values = [results[name].quality.get(main_metric) for name in names]
+        reference = [results[name].quality.get(main_metric) for name in baseline]
+        if not all(_is_number(value) for value in values + reference):
+            continue
+        comparison = seed_comparison(reference, values, lower_is_better=main_metric in LOWER_IS_BETTER)
+        label = METRIC_LABELS.get(main_metric, main_metric)
+        comparisons[setting] = {"metric": main_metric, **comparison, "says": seed_comparison_phrase(setting, comparison, label)}
+    return comparisons
 
 
 def environment(device: torch.device) -> dict:

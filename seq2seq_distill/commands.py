@@ -27,7 +27,7 @@ from .arguments import (
     check_pipeline_training,
 )
 from .checkpoints import check_resume
-from .data import has_trained_labels, load_raw_splits, prepare_data
+from .data import has_trained_labels, load_raw_splits, prepare_data, resolve_columns
 from .errors import InputError
 from .inference import teacher_outputs
 from .modeling import load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
@@ -121,6 +121,11 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
 
 def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
     """Distill from a teacher cache (``cache_teacher``): the teacher is never loaded, so the student is given."""
+    if data_args.transfer_dataset_local_path or data_args.transfer_dataset or data_args.augment_copies:
+        raise InputError(
+            "a transfer set (or augmentation) is labelled by the live teacher, and a teacher cache holds the rows of "
+            "its own splits only: distill with --teacher instead of --teacher_cache, or drop the transfer flags"
+        )
     check_cached_student(model_args)
     student_path = resolve_model_path(model_args.student, "--student")
     config = student_config(model_args)
@@ -181,6 +186,8 @@ def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
     unknown = [split for split in pl_args.pseudo_label_splits if split not in raw]
     if unknown:
         raise InputError(f"--pseudo_label_splits {', '.join(unknown)} not in the data (splits: {', '.join(raw)})")
+    if task == "causal_lm" and resolve_columns(raw, data_args, task)[1] is None:
+        raise InputError("pseudo_label writes completions into a target column; this causal-LM data has none (plain text)")
     teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args)
     device = default_device()
     teacher.to(device).eval()
@@ -212,6 +219,7 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
     from .benchmark import run_benchmark  # its metrics (nltk) take a second to import: only the commands that measure
 
     named = args.named_models()
+    settings = args.settings_of_models()  # --model_groups: checked before any model is loaded
     if not is_main_process():  # under torchrun: one process measures and writes, the others would only compete with it
         return {"verdict": "this process skipped the benchmark: it runs on the main process", "skipped": True}
     names = list(named)
@@ -234,6 +242,7 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
         args.benchmark_output_dir,
         training_logs=training_logs,
         max_target_length=data_args.max_target_length,
+        settings=settings,
     )
 
 
@@ -262,11 +271,16 @@ def run_pipeline(
     pipeline_args: PipelineArguments,
     benchmark_args: BenchmarkArguments,
 ) -> dict:
-    """Teacher (given, fine-tuned or trained) -> layer-copied student -> distilled and baseline students -> benchmark."""
+    """Teacher (given, fine-tuned or trained) -> layer-copied student -> distilled and baseline students -> benchmark.
+
+    With ``--seeds N`` above 1 the teacher is trained once and each student N times (:func:`_seed_runs`), into
+    ``baseline-seedS`` / ``distilled-seedS``; the benchmark reports each setting's mean and spread over its runs.
+    """
     from .benchmark import run_benchmark
 
     root = training_args.output_dir
     check_pipeline_training(training_args)
+    seed_runs = _seed_runs(training_args, pipeline_args.seeds)
     model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         teacher, tokenizer, data = scratch_teacher(model_type, task, raw, data_args, model_args, training_args.seed)
@@ -281,16 +295,22 @@ def run_pipeline(
             )
         else:
             teacher_run = TrainedModel("teacher", resolve_model_path(model_args.teacher_source), {})
-    student = build_student(teacher, model_args, training_args)
-    runs = [teacher_run]
-    if pipeline_args.train_baseline:
-        baseline = copy.deepcopy(student)
-        runs.append(
-            train_model("baseline", baseline, None, data, tokenizer, ce_only(training_args), os.path.join(root, "baseline"))
-        )
-    runs.append(train_model("distilled", student, teacher, data, tokenizer, training_args, os.path.join(root, "distilled")))
-    models = {run.name: run.path for run in runs}
-    training_logs = {run.name: os.path.join(run.path, TRAINING_METRICS_FILE) for run in runs}
+    settings = {"baseline": [], "distilled": []} if pipeline_args.train_baseline else {"distilled": []}
+    runs, seeds = {"teacher": teacher_run}, {}
+    for seed, seeded_args in seed_runs:
+        student = build_student(teacher, model_args, seeded_args)
+        for setting in settings:
+            name = setting if pipeline_args.seeds == 1 else f"{setting}-seed{seed}"
+            folder = os.path.join(root, name)
+            if setting == "baseline":  # a copy: the distilled run of this seed starts from the same weights
+                run = train_model(name, copy.deepcopy(student), None, data, tokenizer, ce_only(seeded_args), folder)
+            else:
+                run = train_model(name, student, teacher, data, tokenizer, seeded_args, folder)
+            runs[name], seeds[name] = run, seed
+            settings[setting].append(name)
+    order = ["teacher", *(name for names in settings.values() for name in names)]  # each setting's seeds together
+    models = {name: runs[name].path for name in order}
+    training_logs = {name: os.path.join(runs[name].path, TRAINING_METRICS_FILE) for name in order}
     if not is_main_process():  # whole models are measured once, by the main process; the others are done
         return {"verdict": f"process {training_args.process_index}: the benchmark runs on the main process", "skipped": True}
     return run_benchmark(
@@ -301,4 +321,20 @@ def run_pipeline(
         os.path.join(root, "benchmark"),
         training_logs=training_logs,
         teacher_name="teacher",
+        settings={"teacher": ["teacher"], **settings},
+        seeds=seeds,
     )
+
+
+def _seed_runs(training_args, count: int) -> list[tuple[int, object]]:
+    """(seed, training arguments) of each student run: run i trains with ``--seed + i`` (and ``--data_seed + i``
+    when one is set), so data order, dropout and whatever is initialized afresh differ between runs; run 0 is the
+    run of the given seed."""
+    last = max(training_args.seed, training_args.data_seed or 0) + count - 1
+    if last >= 2**32:
+        raise InputError(f"--seeds {count} from --seed {training_args.seed} runs past 2**32 - 1; lower --seed")
+    runs = []
+    for index in range(count):
+        seed, data_seed = training_args.seed + index, None if training_args.data_seed is None else training_args.data_seed + index
+        runs.append((seed, with_overrides(training_args, seed=seed, data_seed=data_seed)))
+    return runs

@@ -35,6 +35,8 @@ from .stdlib_corpus import build_classification_corpus, build_summarization_corp
 
 logger = logging.getLogger(__name__)
 
+# Unlabelled inputs the teacher labels: distilled, never in CE (``transfer.py``). Not a split of the source.
+TRANSFER_SPLIT = "transfer"
 SPLIT_ALIASES = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 INPUT_COLUMN_GUESSES = ("document", "article", "text", "sentence", "source", "input", "prompt", "content", "question")
@@ -56,6 +58,9 @@ class PreparedData:
     target_column: str | None
     label_names: list[str] | None = None
     input_separator: str = "\n"
+    data_args: DataArguments | None = None
+    # The transfer rows, tokenized and labelled by the teacher (``transfer.training_rows``), made once per data.
+    transfer_rows: Dataset | None = None
 
     def source_texts(self, split: str) -> list[str]:
         """The inputs of a split as one text each (several input columns joined), for reports and tokenizers."""
@@ -318,6 +323,15 @@ def _split_files(path: str) -> dict[str, str]:
     return files
 
 
+def load_source(local_path: str | None, hub_name: str | None, hub_config: str | None, flag: str) -> DatasetDict:
+    """The splits of a local path or a hub dataset (``flag`` names the path's flag in messages)."""
+    if local_path:
+        if not os.path.exists(local_path):
+            raise InputError(f"{flag} {local_path!r} does not exist; give a folder saved with save_to_disk or a data file")
+        return _load_local(local_path, None)[0]
+    return _load_hub(hub_name, hub_config)
+
+
 def _load_hub(name: str, config: str | None) -> DatasetDict:
     try:
         loaded = load_dataset(name, config)
@@ -547,7 +561,16 @@ def prepare_data(
             for split, dataset in raw.items()
         }
     )
-    return PreparedData(raw, tokenized, task, input_columns, target_column, label_names, data_args.input_column_separator)
+    return PreparedData(
+        raw, tokenized, task, input_columns, target_column, label_names, data_args.input_column_separator, data_args
+    )
+
+
+def tokenize_rows(data: PreparedData, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, split: str) -> Dataset:
+    """Raw rows with the data's columns, tokenized as ``prepare_data`` tokenized its splits (e.g. new transfer rows)."""
+    return _tokenize_split(
+        dataset, tokenizer, data.task, data.data_args, data.input_columns, data.target_column, data.label_names, split
+    )
 
 
 def _all_empty(dataset: Dataset, column: str) -> bool:
@@ -611,6 +634,7 @@ def _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_c
     ignored = set(tokenizer.all_special_ids) | {-100}  # a target of only </s> is empty too
     if (
         task != "classification"
+        and split != TRANSFER_SPLIT  # its targets are the teacher's, written later (transfer.py)
         and len(encoded)
         and all(all(token in ignored for token in labels) for labels in encoded["labels"])
     ):

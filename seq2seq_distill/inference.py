@@ -185,9 +185,8 @@ def generation_predictions(
 def teacher_outputs(
     teacher, tokenizer, data: PreparedData, split: str, generation: dict, batch_size: int, device: torch.device
 ) -> list:
-    """Generated targets (seq2seq) or predicted label names (classification) of a split, in the split's order."""
-    if data.task not in ("seq2seq", "classification"):
-        raise InputError("pseudo_label supports seq2seq and classification tasks")
+    """Generated targets (seq2seq), completions of the prompts (causal LM) or predicted label names (classification)
+    of a split, in the split's order."""
     features = [dict(row) for row in data.tokenized[split]]
     runner = TaskRunner(teacher, tokenizer, data.task, generation, device)
     order = list(batches(length_order(features), batch_size))

@@ -7,7 +7,7 @@ never enters a softmax.
 
 Divergences live in a small registry so that a setting such as ``divergence="reverse_kl"`` maps to a function and
 users can add their own with :func:`register_divergence` without touching the trainer. This module imports only
-torch.
+torch (and the package's exception type).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from .errors import InputError
 
 
 class Divergence(Protocol):
@@ -227,6 +229,55 @@ def attention_transfer_loss(
     return per_row.mean(-1).sum()
 
 
+def _relation_log_probs(states: torch.Tensor, allowed: torch.Tensor, query_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """Log self-attention relations ``[N, H, T]`` of the kept query rows: log softmax(X_h X_h^T / sqrt(d_h)) over keys."""
+    batch, length, width = states.shape
+    if heads < 1 or width % heads:
+        raise InputError(
+            f"relation_heads = {heads} does not divide the width {width} of the queries, keys and values; set "
+            "--relation_heads to a common divisor of the student's and the teacher's widths"
+        )
+    states = states.float().reshape(batch, length, heads, width // heads).transpose(1, 2)  # [B, H, T, d_h]
+    scores = states @ states.transpose(-1, -2) / math.sqrt(width // heads)  # [B, H, T, T]
+    # A finite fill rather than -inf: a masked key gets probability 0 and no NaN reaches the gradient.
+    scores = scores.masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+    return torch.log_softmax(scores.transpose(1, 2)[query_mask], dim=-1)  # kept query rows only
+
+
+def attention_relation_loss(
+    student_states: torch.Tensor,
+    teacher_states: torch.Tensor,
+    mask: torch.Tensor,
+    relation_heads: int,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Summed over the masked query positions: KL(teacher relation row || student relation row), averaged over heads.
+
+    The self-attention relations of MiniLM / MiniLMv2 (Wang et al. 2020, 2021). ``student_states`` ``[B, T, Ds]``
+    and ``teacher_states`` ``[B, T, Dt]`` are the same kind of activation (queries, keys or values) of one layer
+    each. Each is split into ``relation_heads`` heads of width ``D / relation_heads`` (it must divide both widths),
+    and a head's relation is ``softmax(X_h X_h^T / sqrt(d_h))`` over the key positions: ``[B, H, T, T]`` on either
+    side, so hidden sizes and attention head counts may differ without a projection. ``mask`` ``[B, T]`` (True = a
+    real position) takes padded keys out of every softmax and padded queries out of the sum; ``causal`` also takes
+    out future keys (decoders, GPT-2). Computed in float32. Divide by the step-wide count of the positions.
+    """
+    if student_states.shape[:2] != teacher_states.shape[:2] or tuple(mask.shape) != tuple(student_states.shape[:2]):
+        raise ValueError(
+            f"relation inputs differ in batch or length: student {tuple(student_states.shape)}, teacher "
+            f"{tuple(teacher_states.shape)}, mask {tuple(mask.shape)}"
+        )
+    query_mask = mask.bool()
+    length = query_mask.shape[1]
+    allowed = query_mask[:, None, :].expand(-1, length, -1)  # [B, query, key]
+    if causal:
+        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    student_log = _relation_log_probs(student_states, allowed, query_mask, relation_heads)
+    teacher_log = _relation_log_probs(teacher_states, allowed, query_mask, relation_heads)
+    kept_keys = allowed[query_mask][:, None]  # [N, 1, T]
+    per_key = torch.where(kept_keys, teacher_log.exp() * (teacher_log - student_log), 0.0)
+    return per_key.sum(-1).mean(-1).sum()
+
+
 def norm_statistics_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Summed over tokens: squared gaps in the per-token mean and log-variance over the hidden dimension.
 
@@ -245,6 +296,7 @@ def norm_statistics_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Ten
 __all__ = [
     "DIVERGENCES",
     "align_attention_heads",
+    "attention_relation_loss",
     "attention_transfer_loss",
     "cross_entropy_sum",
     "forward_kl",

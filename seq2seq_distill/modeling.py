@@ -293,6 +293,10 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
 # ---- which logit row predicts which label ----------------------------------------------------------------------
 
 
+# A batch column marking the rows of a transfer set (1) among labelled rows (0): distilled, never in CE.
+KD_ONLY_COLUMN = "kd_only"
+
+
 @dataclass
 class LogitRows:
     """The task's row convention, defined here once for the trainer, the teacher cache and the benchmark.
@@ -306,7 +310,9 @@ class LogitRows:
     labels: torch.Tensor | None
 
 
-def logit_rows(task: str, labels: torch.Tensor | None, attention_mask: torch.Tensor) -> LogitRows:
+def logit_rows(
+    task: str, labels: torch.Tensor | None, attention_mask: torch.Tensor, kd_only: torch.Tensor | None = None
+) -> LogitRows:
     """Which rows of a batch's logits are trained on, and against which labels.
 
     - seq2seq: decoder position t predicts ``labels[:, t]``; masks ``[B, T]``, where the label is not -100.
@@ -314,19 +320,26 @@ def logit_rows(task: str, labels: torch.Tensor | None, attention_mask: torch.Ten
       ``labels[:, 1:]``; without labels, every next non-padding token of the text.
     - classification: one row per example, masks ``[B]``. Every example is distilled; only examples whose label is
       not -100 (the data module's mark for an unlabelled row) enter CE.
+
+    ``kd_only`` (``[B]``, the batch's :data:`KD_ONLY_COLUMN`): rows of a transfer set, whose labels are the
+    teacher's own outputs (pseudo-labels) or none; they are distilled and never enter CE.
     """
     attention_mask = attention_mask.bool()
     if task == "causal_lm":
         if labels is None:
-            mask = attention_mask[:, 1:]
-            return LogitRows(mask, mask, None)
-        labels = labels[:, 1:]
-        mask = labels != -100
-        return LogitRows(mask, mask, labels)
-    if task == "classification":
-        every = torch.ones(attention_mask.shape[0], dtype=torch.bool, device=attention_mask.device)
-        return LogitRows(every, labels != -100 if labels is not None else ~every, labels)
-    if labels is None:
-        raise InputError("seq2seq distillation needs labels to build the decoder inputs; add a 'labels' column")
-    mask = labels != -100
-    return LogitRows(mask, mask, labels)
+            distill = attention_mask[:, 1:]
+        else:
+            labels = labels[:, 1:]
+            distill = labels != -100
+    elif task == "classification":
+        distill = torch.ones(attention_mask.shape[0], dtype=torch.bool, device=attention_mask.device)
+        labelled = labels != -100 if labels is not None else ~distill
+        if kd_only is not None:
+            labelled = labelled & ~kd_only.bool()
+        return LogitRows(distill, labelled, labels)
+    else:
+        if labels is None:
+            raise InputError("seq2seq distillation needs labels to build the decoder inputs; add a 'labels' column")
+        distill = labels != -100
+    labelled = distill if kd_only is None else distill & ~kd_only.bool().view(-1, 1)
+    return LogitRows(distill, labelled, labels)

@@ -156,12 +156,61 @@ def _markdown_report(summary: dict, plots: list[str]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *notes] if notes else []
+    lines += _seed_settings_section(summary)
     if summary["settings"]["generation"]:
         lines += ["", "Generation settings (the same for every model): " + json.dumps(summary["settings"]["generation"])]
     lines += [""]
     lines += ["Sample predictions side by side: [sample_predictions.md](sample_predictions.md)", ""]
     lines += [f"![{os.path.splitext(plot)[0]}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
+
+
+def _seed_settings_section(summary: dict) -> list[str]:
+    """Settings trained over several seeds (``pipeline --seeds``, ``benchmark --model_groups``): each quality metric
+    as mean ± spread over the runs, the runs' median speed-up and size, and the comparison with the baseline. Nothing
+    when every setting is one run (the table above is then the whole story)."""
+    groups = summary.get("groups") or {}
+    if not any(group["runs"] > 1 for group in groups.values()):
+        return []
+    main = summary["main_metric"]
+    metrics = list(dict.fromkeys([main, *(metric for group in groups.values() for metric in group["quality"])]))
+    header = ["setting", "runs", *metrics, "speed-up", "size %", "retained %"]
+    lines = [
+        "",
+        "## Over seeds: mean ± spread",
+        "",
+        "Each setting's runs (the same student trained with other seeds): spread is the sample standard deviation over "
+        "them; speed-up and size come from their median figures. A setting beats the CE-only baseline when its mean "
+        f"{METRIC_LABELS.get(main, main)} differs from the baseline's by more than the larger of the two spreads, in the "
+        "metric's better direction.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for setting, group in groups.items():
+        versus = group["versus_teacher"]
+        speedup = f"{versus['speedup_latency']:.2f}x" if _defined(versus.get("speedup_latency")) else UNDEFINED
+        cells = [
+            setting,
+            str(group["runs"]),
+            *[_mean_and_spread(group["quality"].get(metric)) for metric in metrics],
+            f"({speedup})*" if versus.get("speedup_note") else speedup,
+            f"{100 * versus['size_fraction']:.0f}" if _defined(versus.get("size_fraction")) else UNDEFINED,
+            _format(versus.get("quality_retained")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    comparisons = summary.get("versus_baseline") or {}
+    if comparisons:
+        lines += ["", *[f"- {comparison['says']}" for comparison in comparisons.values()]]
+    return lines
+
+
+def _mean_and_spread(statistics: dict | None) -> str:
+    if statistics is None:
+        return "-"
+    if statistics["spread"] is None:
+        return _format(statistics["mean"])
+    return f"{_format(statistics['mean'])} ± {_format(statistics['spread'])}"
 
 
 def _quality_columns(summary: dict) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-NEEDS = frozenset({"teacher", "teacher_outputs", "hidden_states", "attentions", "layer_pairs"})
+NEEDS = frozenset({"teacher", "teacher_outputs", "hidden_states", "attentions", "qkv", "layer_pairs"})
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class Term:
     ``weight`` names the setting that weighs it (a field of DistillationSettings; for registered terms an entry of
     ``term_weights``); ``group`` says which shared computation produces it (``logits``, ``features``, ``policy``)
     or is None for a registered term, whose ``compute`` function produces it alone; ``needs`` is what the step
-    must provide (a live teacher, hidden states, attention maps, layer pairs); ``training_only`` terms are not
-    computed in evaluation.
+    must provide (a live teacher, hidden states, attention maps, the queries, keys and values of mapped layers'
+    self-attention, layer pairs); ``training_only`` terms are not computed in evaluation.
     """
 
     name: str
@@ -87,6 +87,8 @@ BUILT_IN_TERMS: tuple[Term, ...] = (
         "attention_loss", "attention_weight", "features", frozenset({"teacher", "teacher_outputs", "attentions", "layer_pairs"})
     ),
     Term("norm_loss", "norm_weight", "features", frozenset({"teacher", "teacher_outputs", "hidden_states", "layer_pairs"})),
+    # qkv: forward hooks on the mapped layers' self-attention projections, registered only around this step's forwards.
+    Term("relation_loss", "relation_weight", "features", frozenset({"teacher", "teacher_outputs", "qkv", "layer_pairs"})),
     Term("pg_loss", "policy_gradient_weight", "policy", frozenset({"teacher"}), training_only=True),
     # The penalties act on the policy-gradient samples: on only together with pg_loss (see plan_terms).
     Term("token_frequency_penalty", "token_frequency_penalty", "policy", training_only=True),
@@ -182,6 +184,7 @@ class TermPlan:
     hidden = property(lambda self: self.has("hidden_loss"))
     attention = property(lambda self: self.has("attention_loss"))
     norm = property(lambda self: self.has("norm_loss"))
+    relation = property(lambda self: self.has("relation_loss"))
     policy_gradient = property(lambda self: self.has("pg_loss"))
     needs_teacher = property(lambda self: self.needs("teacher"))
     needs_hidden_states = property(lambda self: self.needs("hidden_states"))

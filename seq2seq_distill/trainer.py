@@ -2,12 +2,12 @@
 
 This module is the Trainer integration only: it plans the run's terms from the table in ``terms.py``, counts each
 term's positions over the whole optimizer step (``get_batch_samples``), runs the student and, only when some term
-needs it, the frozen teacher (``compute_loss``), asks either model for hidden states or attentions only when some
-term uses them, calls each group of terms (the CE / KD row pass in ``chunked_kd.py``, the feature terms in
-``features.py``, the policy-gradient terms in ``policy.py``, and every registered term), mixes them with the weights
-of the table, stops or skips on a non-finite term (``guards.py`` finds it), and logs each term on its own.
-Everything else (the loop, accumulation, mixed precision, checkpoints, distributed runs, generation) is the
-Trainer's.
+needs it, the frozen teacher (``compute_loss``), asks either model for hidden states or attentions (or records the
+queries, keys and values of mapped self-attention layers) only when some term uses them, calls each group of terms
+(the CE / KD row pass in ``chunked_kd.py``, the feature terms in ``features.py``, the policy-gradient terms in
+``policy.py``, and every registered term), mixes them with the weights of the table, stops or skips on a non-finite
+term (``guards.py`` finds it), and logs each term on its own. Everything else (the loop, accumulation, mixed
+precision, checkpoints, distributed runs, generation) is the Trainer's.
 
 Normalization: each term is a sum over its positions divided by the count of those positions in the *whole
 optimizer step*: CE by the step's labelled rows, KD and decoder features by its distilled rows (the Trainer's
@@ -34,9 +34,10 @@ from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 from .arguments import DistillationSettings
 from .chunked_kd import CachedTeacherRows, LiveTeacherRows, ce_kd_row_pass
 from .errors import InputError, NonFiniteLossError
-from .features import PROJECTIONS_ATTR, attach_projections, feature_terms, pair_layers
+from .features import PROJECTIONS_ATTR, attach_projections, capture_self_attention, feature_terms, pair_layers, relation_pairs
 from .guards import any_nonfinite, nonfinite_terms
 from .modeling import (
+    KD_ONLY_COLUMN,
     freeze_teacher,
     load_model,
     logit_rows,
@@ -52,7 +53,7 @@ from .terms import StepPositions, TermInputs, TermPlan, describe_weights, plan_t
 
 logger = logging.getLogger(__name__)
 
-_NOT_MODEL_INPUTS = ("labels", *CACHE_COLUMNS, PG_SAMPLES)
+_NOT_MODEL_INPUTS = ("labels", KD_ONLY_COLUMN, *CACHE_COLUMNS, PG_SAMPLES)
 _FEATURE_OUTPUT_KEYS = (
     "hidden_states",
     "attentions",
@@ -86,6 +87,9 @@ class DistillationMixin:
         self.teacher = self._setup_teacher(teacher_model)
         self.output_size = self._shared_output_rows(student)
         self.stack_pairs = pair_layers(student, self.teacher, self.distillation) if self.plan.needs_layer_pairs else ()
+        self.relation_pairs = (
+            relation_pairs(student, self.teacher, self.stack_pairs, self.distillation) if self.plan.relation else ()
+        )
         if self.plan.hidden and attach_projections(student, self.teacher, self.stack_pairs) and self.optimizer is not None:
             logger.warning("an optimizer was passed in: add the student's %s parameters to it", PROJECTIONS_ATTR)
         if self.plan.needs_attentions:
@@ -103,8 +107,9 @@ class DistillationMixin:
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self.cached_teacher is not None:  # keep the cached rows through remove_unused_columns
-            self._signature_columns = list(dict.fromkeys([*self._signature_columns, *CACHE_COLUMNS]))
+        # Kept through remove_unused_columns: the transfer-set mark, and the cached teacher rows.
+        kept = [KD_ONLY_COLUMN, *(CACHE_COLUMNS if self.cached_teacher is not None else ())]
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *kept]))
 
     def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
         if teacher_model is None:
@@ -176,7 +181,7 @@ class DistillationMixin:
         source_mask = inputs.get("attention_mask")
         if source_mask is None:
             source_mask = torch.ones_like(inputs["input_ids"])
-        rows = logit_rows(self.task, inputs.get("labels"), source_mask)
+        rows = logit_rows(self.task, inputs.get("labels"), source_mask, inputs.get(KD_ONLY_COLUMN))
         return rows.distill, source_mask.bool(), rows.labelled
 
     def _step_positions(self, inputs: dict, num_items_in_batch, training: bool) -> StepPositions:
@@ -212,15 +217,21 @@ class DistillationMixin:
         if self.task != "classification":
             extra_outputs["use_cache"] = False
 
-        student_outputs = model(**model_inputs, **extra_outputs)
-        teacher_outputs = None
+        # The relation term's queries, keys and values: hooks around these two forwards only, and only when it is on.
+        relations = self.relation_pairs if self.plan.needs("qkv", training=training) else ()
+        with capture_self_attention(student, [(each.stacks.student, each.student_layer) for each in relations]) as student_qkv:
+            student_outputs = model(**model_inputs, **extra_outputs)
+        teacher_outputs, teacher_qkv = None, {}
         if self.teacher is not None and self.plan.needs("teacher_outputs", training=training):
             teacher_inputs = {k: v for k, v in model_inputs.items() if k in self._teacher_input_names}
-            with torch.no_grad():
+            teacher_layers = [(each.stacks.teacher, each.teacher_layer) for each in relations]
+            with torch.no_grad(), capture_self_attention(self.teacher, teacher_layers) as teacher_qkv:
                 teacher_outputs = self.teacher(**teacher_inputs, **extra_outputs)
 
         positions = self._step_positions(inputs, num_items_in_batch, training=training)
-        loss, terms = self.distillation_terms(student, student_outputs, teacher_outputs, inputs, positions, training=training)
+        loss, terms = self.distillation_terms(
+            student, student_outputs, teacher_outputs, inputs, positions, training=training, qkv=(student_qkv, teacher_qkv)
+        )
         if self.plan.policy_gradient and training:
             policy_terms = self.policy.terms(model, student, inputs, self._clock())
             loss = loss + self._weighted(policy_terms)
@@ -235,17 +246,24 @@ class DistillationMixin:
         return loss, type(student_outputs)(**kept)
 
     def distillation_terms(
-        self, student, student_outputs, teacher_outputs, inputs: dict, positions: StepPositions, training: bool = True
+        self,
+        student,
+        student_outputs,
+        teacher_outputs,
+        inputs: dict,
+        positions: StepPositions,
+        training: bool = True,
+        qkv: tuple[dict, dict] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted loss and every active term but the policy-gradient ones (each divided by its step-wide count,
-        detached for logging): the CE / KD row pass, the feature terms, and each registered term."""
+        detached for logging): the CE / KD row pass, the feature terms, and each registered term. ``qkv``: the
+        student's and the teacher's recorded self-attention queries, keys and values (``capture_self_attention``)."""
         loss, terms = self._logit_terms(student_outputs, teacher_outputs, inputs, positions)
         computed = {}
         if self.plan.needs_layer_pairs:
+            settings, pairs, relations = self.distillation, self.stack_pairs, self.relation_pairs
             computed.update(
-                feature_terms(
-                    self.plan, self.distillation, self.stack_pairs, student, student_outputs, teacher_outputs, positions
-                )
+                feature_terms(self.plan, settings, pairs, student, student_outputs, teacher_outputs, positions, relations, qkv)
             )
         for term in self.plan.registered:
             if training or not term.training_only:
@@ -277,10 +295,13 @@ class DistillationMixin:
                     "this batch has no cached teacher rows; attach the teacher cache to every dataset the trainer sees"
                 )
             teacher_rows = LiveTeacherRows(teacher_outputs.logits, self.output_size)
+        row_labels = None
+        if labels is not None:  # a transfer row's pseudo-label is a KD position, not a CE one
+            row_labels = labels[positions.target_mask].masked_fill(~positions.label_mask[positions.target_mask], -100)
         return ce_kd_row_pass(
             student_outputs.logits,
             row_mask,
-            labels[positions.target_mask] if labels is not None else None,
+            row_labels,
             teacher_rows,
             ce_weight=settings.ce_weight if plan.ce else 0.0,
             kd_weight=settings.kd_weight if plan.kd else 0.0,

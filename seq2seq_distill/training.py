@@ -29,6 +29,7 @@ from .students import MODEL_TYPE_OF_FAMILY, create_student
 from .terms import ce_only_settings, plan_terms
 from .tiny import tiny_model, train_tokenizer
 from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
+from .transfer import add_transfer_split, training_rows
 
 __all__ = [
     "TRAINING_METRICS_FILE",
@@ -111,6 +112,7 @@ def load_data(model_args: ModelArguments, data_args: DataArguments, training_arg
     known_labels = has_trained_labels(config) if task == "classification" and config is not None else None
     reads_validation = evaluates(training_args, task) if training_args is not None else True
     raw = load_raw_splits(data_args, task, evaluates=reads_validation, known_labels=known_labels)
+    add_transfer_split(raw, data_args, task)
     return model_type, task, raw, config
 
 
@@ -202,7 +204,7 @@ def train_model(
     args = with_overrides(training_args, output_dir=checkpoints)
     trainer_class = Seq2SeqDistillationTrainer if data.task == "seq2seq" else DistillationTrainer
     evaluate = args.eval_strategy != "no"  # the Trainer's own evaluation (evaluates() also covers generation)
-    train_dataset = data.tokenized["train"]
+    train_dataset = training_rows(data, data.tokenized["train"], teacher, tokenizer, training_args)
     eval_dataset = data.tokenized["validation"] if evaluate else None
     collator = collator_for(data.task, tokenizer, model)
     if teacher_cache is not None:  # the cached teacher rows travel as extra columns beside each example

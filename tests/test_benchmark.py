@@ -50,6 +50,14 @@ def test_one_command_writes_every_file(pipeline_run):
     assert set(results["models"]) == {"teacher", "baseline", "distilled"}
     report = (folder / "benchmark_report.md").read_text().splitlines()
     assert report[0] == results["verdict"] and "baseline keeps" in report[0] and "distilled keeps" in report[0]
+    # One seed: the difference is shown, but no win is claimed from it.
+    assert report[0].startswith("distilled vs the CE-only student: ") and "(1 seed: no spread, rerun with --seeds 3)" in report[0]
+    assert results["versus_baseline"]["distilled"]["beats"] is None
+    assert {name: group["models"] for name, group in results["groups"].items()} == {
+        "teacher": ["teacher"],
+        "baseline": ["baseline"],
+        "distilled": ["distilled"],
+    }
     with open(folder / "comparison_table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["model"] for row in rows] == ["teacher", "baseline", "distilled"]
