@@ -293,6 +293,41 @@ def norm_statistics_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Ten
     return (mean_gap.pow(2) + log_var_gap.pow(2)).sum()
 
 
+def sorted_probability_l1(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Per row ``[N]``: the L1 distance between the two rows sorted in decreasing order, the shorter zero-padded.
+
+    The closed form of ULD (Boizard et al. 2024: their Wasserstein-1 distance under a uniform transport cost,
+    which needs no correspondence between the two vocabularies). ``student_probs`` ``[N, Vs]`` and ``teacher_probs``
+    ``[N, Vt]`` may differ in width. Rows need not sum to 1: merged spans (see ``cross_tokenizer``) are
+    unnormalized, and the missing mass is then part of the distance. The zero padding is not materialized: past
+    the shorter width only the longer side's sorted tail remains, so its sum is added instead.
+    """
+    if student_probs.shape[:-1] != teacher_probs.shape[:-1]:
+        raise ValueError(f"student rows {tuple(student_probs.shape)} and teacher rows {tuple(teacher_probs.shape)} differ")
+    student_sorted = student_probs.float().sort(dim=-1, descending=True).values
+    teacher_sorted = teacher_probs.float().sort(dim=-1, descending=True).values
+    shared = min(student_sorted.shape[-1], teacher_sorted.shape[-1])
+    distance = (student_sorted[..., :shared] - teacher_sorted[..., :shared]).abs().sum(-1)
+    # Probabilities are non-negative, so |p - 0| over the padded part is the plain sum of the longer tail.
+    return distance + student_sorted[..., shared:].sum(-1) + teacher_sorted[..., shared:].sum(-1)
+
+
+def universal_logit_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """ULD summed over rows: :func:`sorted_probability_l1` of the two softmaxes at ``temperature``.
+
+    For a student and a teacher with different vocabularies: ``student_logits`` ``[N, Vs]`` and ``teacher_logits``
+    ``[N, Vt]`` are rows already aligned one to one (see ``cross_tokenizer.align_by_offsets``). Both sides are
+    softened by the same ``temperature`` (TRL's GOLD trainer allows one per side, both 1 by default), and there
+    is no T² factor: the distance is between probabilities and bounded by 2 per row, not a KL whose gradient
+    shrinks as 1/T². Computed in float32.
+    """
+    student_probs = F.softmax(student_logits.float() / temperature, dim=-1)
+    teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return sorted_probability_l1(student_probs, teacher_probs).sum()
+
+
 __all__ = [
     "DIVERGENCES",
     "align_attention_heads",
@@ -310,4 +345,6 @@ __all__ = [
     "reverse_kl",
     "skew_kl",
     "skew_reverse_kl",
+    "sorted_probability_l1",
+    "universal_logit_distillation_loss",
 ]

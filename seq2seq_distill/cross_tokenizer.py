@@ -1,0 +1,348 @@
+"""Token-level distillation between a student and a teacher whose tokenizers differ: the pure pieces.
+
+Three steps, each a plain function on strings or tensors, so the trainer (or a user) can wire them:
+
+1. :func:`align_by_offsets` pairs runs of tokens on both sides that cover the same characters of one text, from
+   each tokenizer's ``return_offsets_mapping``.
+2. :func:`merge_span_log_probs` turns a run of several tokens into one row by the chain rule, so the two sides'
+   rows describe the same span of text.
+3. :func:`hybrid_cross_tokenizer_loss` compares the rows: exact KL over the tokens both vocabularies share where
+   the realized tokens are the same, ULD (:func:`~seq2seq_distill.losses.sorted_probability_l1`) elsewhere;
+   ``losses.universal_logit_distillation_loss`` is the ULD-only variant on rows aligned one to one.
+
+:class:`VocabularyMap` is the token-string correspondence between the two vocabularies, built once per pair of
+tokenizers. Losses are sums over the rows given, in float32, like everything in ``losses``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from .errors import InputError
+from .losses import get_divergence, sorted_probability_l1
+
+WORD_START = "\u2581"  # "▁": the canonical mark of a token that begins a word (SentencePiece's own spelling)
+
+
+class AlignedGroup(NamedTuple):
+    """One aligned span: the token positions on each side (consecutive, in order) that cover the same characters."""
+
+    student_positions: tuple[int, ...]
+    teacher_positions: tuple[int, ...]
+
+
+def _end_keys(text: str, offsets: Sequence[Sequence[int]], side: str) -> list[tuple[int, int, bool]]:
+    """``(position, end key, whitespace only)`` for each real token; the end key counts non-space characters."""
+    non_space_before = [0]
+    for character in text:
+        non_space_before.append(non_space_before[-1] + (not character.isspace()))
+    tokens, previous = [], 0
+    for position, (start, end) in enumerate(offsets):
+        start, end = int(start), int(end)
+        if end <= start:  # special tokens have (0, 0); a zero-width EOS has (n, n): neither covers text
+            continue
+        if end > len(text):
+            raise ValueError(f"{side} token {position} ends at character {end}, past the text's {len(text)} characters")
+        key = non_space_before[end]
+        if key < previous:
+            raise ValueError(
+                f"{side} offsets go backwards at token {position}; pass the offsets of one text (not a pair of texts)"
+            )
+        previous = key
+        tokens.append((position, key, text[start:end].isspace()))
+    return tokens
+
+
+def align_by_offsets(
+    text: str, student_offsets: Sequence[Sequence[int]], teacher_offsets: Sequence[Sequence[int]]
+) -> list[AlignedGroup]:
+    """Group consecutive tokens of two tokenizations of ``text`` into spans that end at the same place on both sides.
+
+    ``student_offsets`` and ``teacher_offsets`` are ``[(start, end), ...]`` character spans into ``text`` (what a
+    fast tokenizer returns with ``return_offsets_mapping=True``, in characters of the Python string, so accents
+    and emoji count as the characters they are). Tokens that cover no text (special tokens at ``(0, 0)``) are left
+    out; the positions returned index the original sequences, so they can index logits directly.
+
+    "Ends at the same place" is measured in *non-space* characters: byte-level BPE puts a word's leading space in
+    its token (``"Ġworld"`` spans `` world``) while WordPiece leaves it out (``"world"``), and some tokenizers keep a
+    trailing space; counting only non-space characters makes both agree. A token of whitespace only (``"Ċ"`` for a
+    newline) has no counterpart on the other side; it joins the group that follows it, as byte-level BPE attaches
+    a space to the next word (at the very end of the text, the last group). A span one side splits and the other
+    does not (``"café"`` as ``ca`` + ``fé`` against ``café``) becomes one group of two tokens against one; spans
+    that overlap without a common end merge until they reach one. Tokens after the last common end (one side
+    truncated) are left out: nothing on the other side covers the same text.
+    """
+    student_tokens = _end_keys(text, student_offsets, "student")
+    teacher_tokens = _end_keys(text, teacher_offsets, "teacher")
+    student_ends = {key for _, key, blank in student_tokens if not blank}
+    teacher_ends = {key for _, key, blank in teacher_tokens if not blank}
+    boundaries = sorted(student_ends & teacher_ends)
+    if not boundaries:
+        return []
+
+    def assign(tokens: list[tuple[int, int, bool]]) -> list[list[int]]:
+        groups: list[list[int]] = [[] for _ in boundaries]
+        for position, key, blank in tokens:
+            if blank:
+                # The first boundary strictly after: the group of the word this whitespace precedes.
+                index = bisect.bisect_right(boundaries, key)
+                if index == len(boundaries) and key == boundaries[-1]:
+                    index -= 1  # trailing whitespace: nothing follows, so it closes the last group
+            else:
+                index = bisect.bisect_left(boundaries, key)  # the first boundary at or after this token's end
+            if index < len(boundaries):
+                groups[index].append(position)
+        return groups
+
+    return [
+        AlignedGroup(tuple(student), tuple(teacher))
+        for student, teacher in zip(assign(student_tokens), assign(teacher_tokens), strict=True)
+    ]
+
+
+def merge_span_log_probs(log_probs: torch.Tensor, token_ids: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """One row ``[G, V]`` per group of positions: the chain-rule log-probability of the group's span.
+
+    ``log_probs`` ``[N, V]``: row ``p`` is the model's log-distribution *of the token at position p* (for a
+    seq2seq decoder, the logits row that predicts ``labels[p]``; for a causal LM, the row before it);
+    ``token_ids`` ``[N]`` are the realized tokens. For a group ``p_1 < ... < p_k``,
+
+        merged[v] = sum_{i<k} log_probs[p_i, token_ids[p_i]] + log_probs[p_k, v],
+
+    the log-probability of the span "realized prefix, then v" (TRL GOLD's ``"bayesian"`` merge, done in log space
+    so a small prefix probability needs no clamp). The distribution at the *last* position is the one that has
+    seen the realized prefix, which is why it is the one kept. The row is unnormalized: its mass is the prefix's
+    probability, and :func:`~seq2seq_distill.losses.sorted_probability_l1` on ``exp`` of it compares that mass
+    too. A one-token group is its row unchanged. GOLD's default ``"observed"`` merge (the first position's
+    distribution times the later tokens' probabilities) is exact only for the realized first token, since the
+    later factors are conditioned on it and not on the alternative ``v``; we do not offer it.
+    """
+    log_probs = log_probs.float()
+    device = log_probs.device
+    last = torch.tensor([group[-1] for group in groups], dtype=torch.long, device=device)
+    merged = log_probs[last]
+    prefix_positions = [position for group in groups for position in group[:-1]]
+    if prefix_positions:
+        owners = torch.tensor([index for index, group in enumerate(groups) for _ in group[:-1]], device=device)
+        positions = torch.tensor(prefix_positions, dtype=torch.long, device=device)
+        realized = log_probs[positions, token_ids.to(device)[positions].long()]
+        prefix = torch.zeros(len(groups), dtype=log_probs.dtype, device=device).index_add(0, owners, realized)
+        merged = merged + prefix[:, None]
+    return merged
+
+
+# GPT-2's byte-to-printable-character table, inverted: byte-level BPE spells byte b as chr(table[b]).
+def _byte_decoder() -> dict[str, int]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    characters, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + extra)
+            extra += 1
+    return {chr(character): byte for byte, character in zip(printable, characters, strict=True)}
+
+
+_BYTE_DECODER = _byte_decoder()
+CONVENTIONS = ("byte_level", "wordpiece", "sentencepiece", "plain")
+
+
+def canonical_token(token: str, convention: str) -> str | None:
+    """The surface text of a vocabulary entry, ``"▁"``-prefixed when it begins a word; None if it has no text.
+
+    Conventions differ in how they mark word starts: byte-level BPE spells the leading space (``"Ġworld"``),
+    WordPiece marks the *continuations* (``"##ld"``) and leaves word starts bare, SentencePiece writes ``"▁world"``.
+    Keeping the word-start mark (rather than stripping every mark) keeps the map one to one: byte-level BPE has
+    both ``"Ġworld"`` and ``"world"``, which mean different things. A byte-level token that is not whole UTF-8
+    (half of an accented character) has no text and is shared with nothing. WordPiece treats punctuation as its
+    own word, so its ``","`` reads as a word start and will not match byte-level's ``","``: those positions fall
+    back to ULD.
+    """
+    if convention == "byte_level":
+        try:
+            text = bytes(_BYTE_DECODER[character] for character in token).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return None
+        return WORD_START + text[1:] if text.startswith(" ") and len(text) > 1 else text
+    if convention == "wordpiece":
+        return token[2:] if token.startswith("##") and len(token) > 2 else WORD_START + token
+    if convention in ("sentencepiece", "plain"):
+        return token
+    raise ValueError(f"unknown token convention {convention!r}; choose one of: {', '.join(CONVENTIONS)}")
+
+
+def _decoder_types(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        if "type" in node:
+            yield node["type"]
+            if node["type"] == "Replace" and WORD_START in json.dumps(node.get("pattern", ""), ensure_ascii=False):
+                yield "Metaspace"
+        for value in node.values():
+            yield from _decoder_types(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _decoder_types(value)
+
+
+def token_convention(tokenizer: Any) -> str:
+    """Which word-start convention a fast tokenizer's vocabulary uses, read from its decoder."""
+    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder")
+    types = set(_decoder_types(decoder))
+    for decoder_type, convention in (("ByteLevel", "byte_level"), ("WordPiece", "wordpiece"), ("Metaspace", "sentencepiece")):
+        if decoder_type in types:
+            return convention
+    return "plain"
+
+
+class VocabularyMap:
+    """The tokens two vocabularies share, by canonical surface text (:func:`canonical_token`).
+
+    ``student_ids`` and ``teacher_ids`` are ``[S]`` long tensors, pair ``i`` being the same token on both sides;
+    ``student_to_teacher`` maps one id to the other. Special tokens are left out: their meaning is a role, not a
+    string. When several ids on one side have the same text, the lowest id is kept so the map stays one to one.
+    """
+
+    def __init__(
+        self,
+        student_vocab: Mapping[str, int],
+        teacher_vocab: Mapping[str, int],
+        student_convention: str,
+        teacher_convention: str,
+        student_special: Iterable[str] = (),
+        teacher_special: Iterable[str] = (),
+    ) -> None:
+        def by_text(vocab: Mapping[str, int], convention: str, special: Iterable[str]) -> dict[str, int]:
+            skip, texts = set(special), {}
+            for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+                text = None if token in skip else canonical_token(token, convention)
+                if text is not None and text not in texts:
+                    texts[text] = index
+            return texts
+
+        student_texts = by_text(student_vocab, student_convention, student_special)
+        teacher_texts = by_text(teacher_vocab, teacher_convention, teacher_special)
+        shared = sorted(set(student_texts) & set(teacher_texts), key=lambda text: student_texts[text])
+        if not shared:
+            raise InputError(
+                "the student's and the teacher's vocabularies share no token, so the hybrid loss has nothing to "
+                "compare exactly; use ULD (universal logit distillation) alone"
+            )
+        self.student_to_teacher = {student_texts[text]: teacher_texts[text] for text in shared}
+        self.student_ids = torch.tensor([student_texts[text] for text in shared], dtype=torch.long)
+        self.teacher_ids = torch.tensor([teacher_texts[text] for text in shared], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.student_to_teacher)
+
+    def matched(self, student_token_id: int, teacher_token_id: int) -> bool:
+        """Whether the two realized tokens are the same token."""
+        return self.student_to_teacher.get(int(student_token_id)) == int(teacher_token_id)
+
+
+def _vocabulary_fingerprint(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    payload = json.dumps([token_convention(tokenizer), vocab, sorted(tokenizer.all_special_tokens)], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+_MAPS: dict[tuple[str, str], VocabularyMap] = {}
+
+
+def vocabulary_map(student_tokenizer: Any, teacher_tokenizer: Any) -> VocabularyMap:
+    """The :class:`VocabularyMap` of two fast tokenizers, built once per pair of vocabularies.
+
+    Keyed by a fingerprint of each vocabulary (its entries, convention and special tokens) rather than by the
+    tokenizer objects, so a reloaded tokenizer, or one in another trainer, reuses the map.
+    """
+    key = (_vocabulary_fingerprint(student_tokenizer), _vocabulary_fingerprint(teacher_tokenizer))
+    if key not in _MAPS:
+        _MAPS[key] = VocabularyMap(
+            student_tokenizer.get_vocab(),
+            teacher_tokenizer.get_vocab(),
+            token_convention(student_tokenizer),
+            token_convention(teacher_tokenizer),
+            student_tokenizer.all_special_tokens,
+            teacher_tokenizer.all_special_tokens,
+        )
+    return _MAPS[key]
+
+
+def matched_groups(
+    groups: Sequence[AlignedGroup],
+    student_token_ids: Sequence[int] | torch.Tensor,
+    teacher_token_ids: Sequence[int] | torch.Tensor,
+    mapping: VocabularyMap,
+) -> torch.Tensor:
+    """``[G]`` bool: True where a group is one token on each side and the two realized tokens are the same token.
+
+    Only there is an exact KL meaningful: a merged group's row is a distribution over spans with different
+    prefixes on the two sides, and two different realized tokens mean the rows are conditioned differently.
+    """
+    return torch.tensor(
+        [
+            len(group.student_positions) == 1
+            and len(group.teacher_positions) == 1
+            and mapping.matched(student_token_ids[group.student_positions[0]], teacher_token_ids[group.teacher_positions[0]])
+            for group in groups
+        ],
+        dtype=torch.bool,
+    )
+
+
+def hybrid_cross_tokenizer_loss(
+    student_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    matched: torch.Tensor,
+    mapping: VocabularyMap,
+    *,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kl_sum, uld_sum)`` over aligned rows, kept apart so each part has its own weight.
+
+    ``student_log_probs`` ``[G, Vs]`` and ``teacher_log_probs`` ``[G, Vt]`` are aligned rows (from
+    :func:`merge_span_log_probs`, of log-softmaxes taken at ``temperature``); ``matched`` ``[G]`` bool marks the
+    rows where both sides realized the same token (:func:`matched_groups`).
+
+    On matched rows: the registered ``divergence`` (forward KL by default) between the two distributions
+    restricted to the shared tokens (``mapping``'s pairs) and *renormalized over them*, times T² as in
+    ``losses.logit_distillation_loss``. Renormalizing compares the two models' conditional distributions given
+    that the next token is one both could have produced; the mass each puts outside the shared set has no
+    counterpart, and a tail bucket would equate two different sets of tokens. On the other rows: ULD, the sorted
+    L1 distance of ``exp`` of the rows (no T², see ``losses.universal_logit_distillation_loss``). Both sums are
+    float32 and zero (with a gradient path) when no row falls in their part.
+    """
+    if student_log_probs.shape[0] != teacher_log_probs.shape[0] or matched.shape[0] != student_log_probs.shape[0]:
+        raise ValueError(
+            f"aligned rows differ: student {tuple(student_log_probs.shape)}, teacher {tuple(teacher_log_probs.shape)}, "
+            f"matched {tuple(matched.shape)}"
+        )
+    student_log_probs, teacher_log_probs = student_log_probs.float(), teacher_log_probs.float()
+    matched = matched.to(student_log_probs.device).bool()
+    student_shared = student_log_probs[matched][:, mapping.student_ids.to(student_log_probs.device)]
+    teacher_shared = teacher_log_probs[matched][:, mapping.teacher_ids.to(teacher_log_probs.device)]
+    student_shared = student_shared - student_shared.logsumexp(-1, keepdim=True)
+    teacher_shared = teacher_shared - teacher_shared.logsumexp(-1, keepdim=True)
+    kl_sum = get_divergence(divergence)(student_shared, teacher_shared, beta).sum() * temperature**2
+    uld_sum = sorted_probability_l1(student_log_probs[~matched].exp(), teacher_log_probs[~matched].exp()).sum()
+    return kl_sum, uld_sum
+
+
+__all__ = [
+    "AlignedGroup",
+    "VocabularyMap",
+    "align_by_offsets",
+    "canonical_token",
+    "hybrid_cross_tokenizer_loss",
+    "matched_groups",
+    "merge_span_log_probs",
+    "token_convention",
+    "vocabulary_map",
+]
