@@ -363,9 +363,20 @@ class ModelArguments:
     custom_tokenizer_local_path: str | None = field(
         default=None, metadata={"help": "Local folder of the tokenizer; default: the teacher's."}
     )
+    teacher_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher's tokenizer (folder or hub name), where it cannot be read from the teacher's folder. "
+            "Default: --custom_tokenizer_local_path, else the teacher's folder."
+        },
+    )
     student: str | None = field(
         default=None,
-        metadata={"help": "An existing student (hub name or folder) to distill into; default: built from the layer flags."},
+        metadata={
+            "help": "An existing student (hub name or folder) to distill into; default: built from the layer flags. "
+            "A student folder with a tokenizer of its own reads the text with it (classification: the teacher reads "
+            "its own tokenization of the same text, and KD compares the label distributions)."
+        },
     )
     num_encoder_layers: int | None = field(
         default=None, metadata={"help": "Student encoder layers (T5, BART, BERT). Default: all of the teacher's."}

@@ -314,6 +314,45 @@ def teacher_agreement(
     return results
 
 
+@torch.no_grad()
+def label_agreement(
+    models: dict[str, str],
+    teacher_name: str,
+    task: str,
+    evaluations: dict[str, EvaluationSet],
+    tokenizers: dict,
+    args,
+    device,
+    trust_remote_code: bool = False,
+) -> dict[str, dict]:
+    """Mean KL(teacher || student) over the label distributions of classifiers that read the rows with different
+    tokenizers: each model's distribution of every row on its own tokenization, compared row by row."""
+    if task != "classification":
+        raise InputError("models with different tokenizers can be compared for classification only")
+
+    def label_log_probs(name: str) -> torch.Tensor:  # [rows, labels], in the split's row order
+        model = load_model(models[name], task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
+        evaluation, collator = evaluations[name], collator_for(task, tokenizers[name])
+        rows: list[torch.Tensor | None] = [None] * len(evaluation.features)
+        for batch_indices in batches(evaluation.order, args.benchmark_batch_size):
+            features = [{k: v for k, v in evaluation.features[i].items() if k != "labels"} for i in batch_indices]
+            batch = {key: tensor.to(device) for key, tensor in collator(features).items()}
+            for index, row in zip(batch_indices, F.log_softmax(model(**batch).logits.float(), -1), strict=True):
+                rows[index] = row.cpu()
+        del model
+        gc.collect()
+        return torch.stack(rows)
+
+    teacher_log_probs = label_log_probs(teacher_name)
+    results = {}
+    for name in models:
+        if name != teacher_name:
+            student_log_probs = label_log_probs(name)
+            kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum").item()
+            results[name] = {"kl_to_teacher": kl / max(len(teacher_log_probs), 1)}
+    return results
+
+
 # ---- the benchmark ---------------------------------------------------------------------------------------------
 
 
@@ -351,8 +390,12 @@ def run_benchmark(
     trust_remote_code: bool = False,
     settings: dict[str, list[str]] | None = None,
     seeds: dict[str, int] | None = None,
+    readers: dict[str, tuple[PreTrainedTokenizerBase, PreparedData]] | None = None,
 ) -> dict:
     """Measure every model, compare the students with the teacher, and write the reports.
+
+    ``readers``: {name: (tokenizer, data)} of classifiers whose tokenizer is not ``tokenizer``; each reads the same
+    rows with its own, and agreement with the teacher is measured on the labels (:func:`label_agreement`).
 
     ``settings``: {setting: names of its models}, the seed runs of one setting (unset: a setting per model); each
     setting is reported as the mean and spread of its runs' quality and the median of their speed and size, and the
@@ -367,6 +410,12 @@ def run_benchmark(
     settings = check_settings(settings, list(models), teacher_name)
     device = default_device(args.device)
     evaluation = evaluation_set(data, args.benchmark_split)
+    # Classifiers with tokenizers of their own: each reads the same texts with its own (labels are what they share).
+    readers = readers or {}
+    tokenizers = {name: readers[name][0] if name in readers else tokenizer for name in models}
+    evaluations = {
+        name: evaluation_set(readers[name][1], args.benchmark_split) if name in readers else evaluation for name in models
+    }
     if data.task == "classification" and all(label < 0 for label in evaluation.references):
         raise InputError(
             f"the {args.benchmark_split} split has no labels (every row is unlabelled, e.g. -1); benchmark another split "
@@ -374,14 +423,17 @@ def run_benchmark(
         )
     generation = resolve_generation(models[teacher_name], data.task, args, args.max_new_tokens or max_target_length)
     results = {
-        name: evaluate_model(name, path, data, evaluation, tokenizer, generation, args, device, trust_remote_code)
+        name: evaluate_model(name, path, data, evaluations[name], tokenizers[name], generation, args, device, trust_remote_code)
         for name, path in models.items()
     }
     students = {name: path for name, path in models.items() if name != teacher_name}
     if students:
-        agreement = teacher_agreement(
-            models[teacher_name], students, data, evaluation, tokenizer, args, device, trust_remote_code
-        )
+        if readers:
+            agreement = label_agreement(models, teacher_name, data.task, evaluations, tokenizers, args, device, trust_remote_code)
+        else:
+            agreement = teacher_agreement(
+                models[teacher_name], students, data, evaluation, tokenizer, args, device, trust_remote_code
+            )
         for name, values in agreement.items():
             results[name].quality.update(values)
             if data.task == "classification":

@@ -27,10 +27,10 @@ from .arguments import (
     check_pipeline_training,
 )
 from .checkpoints import check_resume
-from .data import has_trained_labels, load_raw_splits, prepare_data, resolve_columns
+from .data import has_trained_labels, load_raw_splits, prepare_data, resolve_columns, same_tokenizer
 from .errors import InputError
 from .inference import teacher_outputs
-from .modeling import load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
+from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
 from .processes import default_device, is_main_process
 from .students import check_student_plan, student_config
 from .teacher_cache import build_teacher_cache, load_teacher_cache
@@ -42,9 +42,11 @@ from .training import (
     evaluates,
     load_data,
     load_teacher_and_tokenizer,
+    own_student_tokenizer,
     resolve_model_type_and_task,
     run_name,
     scratch_teacher,
+    student_tokenizer_and_data,
     teacher_config,
     train_model,
     with_overrides,
@@ -114,7 +116,8 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
     check_student_plan(model_args, training_args, config, task)
-    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+    teacher, teacher_tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+    tokenizer, data = student_tokenizer_and_data(model_args, teacher_tokenizer, data, data_args)
     student = build_student(teacher, model_args, training_args)
     return train_model(run_name(training_args), student, teacher, data, tokenizer, training_args, training_args.output_dir)
 
@@ -229,10 +232,14 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
     tokenizer = load_tokenizer(
         model_args.custom_tokenizer_local_path or paths[0], flag="--models", trust_remote_code=model_args.trust_remote_code
     )
-    _check_same_tokenizer(tokenizer, paths, names, model_args.trust_remote_code)
+    own = _own_tokenizers(tokenizer, paths, names, task, model_args.trust_remote_code)
     known_labels = has_trained_labels(configs[0]) if task == "classification" else None
     raw = load_raw_splits(data_args, task, evaluates=args.benchmark_split == "validation", known_labels=known_labels)
     data = prepare_data(raw, tokenizer, task, data_args, known_labels)
+    labels = {name: index for index, name in enumerate(data.label_names)} if data.label_names else None
+    readers = {
+        name: (own_tokenizer, prepare_data(raw, own_tokenizer, task, data_args, labels)) for name, own_tokenizer in own.items()
+    }
     training_logs = {name: os.path.join(path, TRAINING_METRICS_FILE) for name, path in zip(names, paths, strict=True)}
     return run_benchmark(
         dict(zip(names, paths, strict=True)),
@@ -243,22 +250,28 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
         training_logs=training_logs,
         max_target_length=data_args.max_target_length,
         settings=settings,
+        readers=readers,
     )
 
 
-def _check_same_tokenizer(tokenizer, paths: list[str], names: list[str], trust_remote_code: bool = False) -> None:
-    reference = tokenizer.get_vocab()
+def _own_tokenizers(tokenizer, paths: list[str], names: list[str], task: str, trust_remote_code: bool = False) -> dict:
+    """{name: tokenizer} of the models whose folder holds a tokenizer other than ``tokenizer`` (classification only:
+    each classifier reads the texts with its own; generated tokens of different tokenizers are not comparable)."""
+    own = {}
     for name, path in zip(names, paths, strict=True):
-        if not os.path.isdir(path) or not any(
-            os.path.exists(os.path.join(path, file)) for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-        ):
+        if not has_tokenizer(path):
             continue
-        other = load_tokenizer(path, flag="--models", trust_remote_code=trust_remote_code).get_vocab()
-        if other != reference:
+        other = load_tokenizer(path, flag="--models", trust_remote_code=trust_remote_code)
+        if same_tokenizer(other, tokenizer):
+            continue
+        if task != "classification":
             raise InputError(
-                f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(reference)}); benchmark models "
-                "that share one tokenizer, or pass --custom_tokenizer_local_path if only the files differ"
+                f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(tokenizer)}); benchmark {task} "
+                "models that share one tokenizer (classifiers may differ), or pass --custom_tokenizer_local_path if "
+                "only the files differ"
             )
+        own[name] = other
+    return own
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------------------
@@ -289,6 +302,11 @@ def run_pipeline(
     else:
         check_student_plan(model_args, training_args, config, task)
         teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+        if own_student_tokenizer(model_args, tokenizer) is not None:
+            raise InputError(
+                "--student has a tokenizer of its own, and the pipeline reads every model with the teacher's; run "
+                "distill --student, then benchmark (which reads each classifier with its own tokenizer)"
+            )
         if pipeline_args.finetune_teacher:
             teacher_run = _train_teacher_model(
                 teacher, tokenizer, data, training_args, pipeline_args, os.path.join(root, "teacher")

@@ -45,6 +45,10 @@ TARGET_COLUMN_GUESSES = {
     "classification": ("label", "labels", "class", "category", "target"),
     "causal_lm": ("completion", "summary", "highlights", "target", "output", "answer"),
 }
+# The teacher's own tokenization of the inputs, carried beside the student's when their tokenizers differ: column
+# ``TEACHER_COLUMNS[name]`` holds what the teacher reads as ``name``. Classification only: the label space is what
+# the two models share, not the vocabulary.
+TEACHER_COLUMNS = {name: f"teacher_{name}" for name in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 @dataclass
@@ -61,6 +65,8 @@ class PreparedData:
     data_args: DataArguments | None = None
     # The transfer rows, tokenized and labelled by the teacher (``transfer.training_rows``), made once per data.
     transfer_rows: Dataset | None = None
+    # The teacher's tokenizer when it differs from the student's: the splits then carry ``TEACHER_COLUMNS``.
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None
 
     def source_texts(self, split: str) -> list[str]:
         """The inputs of a split as one text each (several input columns joined), for reports and tokenizers."""
@@ -552,24 +558,71 @@ def prepare_data(
     task: str,
     data_args: DataArguments,
     label2id: dict[str, int] | None = None,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PreparedData:
-    """Tokenize every split for ``task``; classification labels become ids (names kept in ``label_names``)."""
+    """Tokenize every split for ``task``; classification labels become ids (names kept in ``label_names``).
+
+    ``teacher_tokenizer``: the teacher's, when it may differ from ``tokenizer`` (the student's). If their vocabularies
+    differ, each split also carries the teacher's tokenization of the same inputs in ``TEACHER_COLUMNS``.
+    """
     input_columns, target_column, label_names = check_columns(raw, data_args, task, label2id)
+    if teacher_tokenizer is not None and same_tokenizer(tokenizer, teacher_tokenizer):
+        teacher_tokenizer = None
+    if teacher_tokenizer is not None:
+        check_cross_tokenizer(task, raw, data_args)
     tokenized = DatasetDict(
         {
-            split: _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_column, label_names, split)
+            split: _tokenize_split(
+                dataset, tokenizer, task, data_args, input_columns, target_column, label_names, split, teacher_tokenizer
+            )
             for split, dataset in raw.items()
         }
     )
     return PreparedData(
-        raw, tokenized, task, input_columns, target_column, label_names, data_args.input_column_separator, data_args
+        raw,
+        tokenized,
+        task,
+        input_columns,
+        target_column,
+        label_names,
+        data_args.input_column_separator,
+        data_args,
+        teacher_tokenizer=teacher_tokenizer,
     )
+
+
+def same_tokenizer(first: PreTrainedTokenizerBase, second: PreTrainedTokenizerBase) -> bool:
+    """Whether two tokenizers share one vocabulary (then one tokenization serves both models)."""
+    return first is second or first.get_vocab() == second.get_vocab()
+
+
+def check_cross_tokenizer(task: str, raw: DatasetDict, data_args: DataArguments) -> None:
+    """What a student with a tokenizer of its own can be distilled on: classification, without a transfer set."""
+    if task != "classification":
+        raise InputError(
+            f"the student's tokenizer differs from the teacher's, and this is a {task} run: token-level distillation "
+            "across tokenizers is not supported yet (classification is, its labels are shared); give the student the "
+            "teacher's tokenizer"
+        )
+    if TRANSFER_SPLIT in raw or data_args.augment_copies > 0:
+        raise InputError(
+            "a transfer set (or augmentation) is not supported yet when the student's tokenizer differs from the "
+            "teacher's; drop the transfer / augmentation flags, or give the student the teacher's tokenizer"
+        )
 
 
 def tokenize_rows(data: PreparedData, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, split: str) -> Dataset:
     """Raw rows with the data's columns, tokenized as ``prepare_data`` tokenized its splits (e.g. new transfer rows)."""
     return _tokenize_split(
-        dataset, tokenizer, data.task, data.data_args, data.input_columns, data.target_column, data.label_names, split
+        dataset,
+        tokenizer,
+        data.task,
+        data.data_args,
+        data.input_columns,
+        data.target_column,
+        data.label_names,
+        split,
+        data.teacher_tokenizer,
     )
 
 
@@ -587,7 +640,9 @@ def joined_inputs(batch, columns: Sequence[str], separator: str) -> list[str]:
     return [separator.join(parts) for parts in zip(*texts, strict=True)]
 
 
-def _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_column, label_names, split) -> Dataset:
+def _tokenize_split(
+    dataset, tokenizer, task, data_args, input_columns, target_column, label_names, split, teacher_tokenizer=None
+) -> Dataset:
     prefix = data_args.source_prefix
     label_ids = {name: index for index, name in enumerate(label_names or [])}
     class_label = target_column is not None and isinstance(dataset.features[target_column], ClassLabel)
@@ -601,14 +656,19 @@ def _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_c
             return -100
         return int(value) if class_label else label_ids[_label_name(value)]
 
+    def classified(texts: tuple[list[str], ...], batch) -> dict:
+        # The same texts through each tokenizer: the student's columns, then the teacher's under TEACHER_COLUMNS.
+        features = tokenizer(*texts, max_length=data_args.max_source_length, truncation=True)
+        if teacher_tokenizer is not None:
+            teacher = teacher_tokenizer(*texts, max_length=data_args.max_source_length, truncation=True)
+            features.update({TEACHER_COLUMNS[name]: values for name, values in teacher.items() if name in TEACHER_COLUMNS})
+        features["labels"] = [label_id(value) for value in batch[target_column]]
+        return features
+
     def encode(batch):
         if as_pair:
             first, second = ([_text(value, column) for value in batch[column]] for column in input_columns)
-            features = tokenizer(
-                [prefix + text for text in first], second, max_length=data_args.max_source_length, truncation=True
-            )
-            features["labels"] = [label_id(value) for value in batch[target_column]]
-            return features
+            return classified(([prefix + text for text in first], second), batch)
         inputs = [prefix + text for text in joined_inputs(batch, input_columns, data_args.input_column_separator)]
         if task == "seq2seq":
             features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
@@ -618,9 +678,7 @@ def _tokenize_split(dataset, tokenizer, task, data_args, input_columns, target_c
             ]
             return features
         if task == "classification":
-            features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
-            features["labels"] = [label_id(value) for value in batch[target_column]]
-            return features
+            return classified((inputs,), batch)
         return _encode_causal(batch, inputs, tokenizer, data_args, target_column)
 
     encoded = dataset.map(
@@ -673,13 +731,39 @@ def _text(value, column: str) -> str:
     raise InputError(f"column {column!r} holds {type(value).__name__} values, not text; choose a text column")
 
 
-def collator_for(task: str, tokenizer: PreTrainedTokenizerBase, model=None, pad_to_multiple_of: int | None = None):
-    """Dynamic padding: labels padded with -100, so padding is never a target."""
+def collator_for(
+    task: str,
+    tokenizer: PreTrainedTokenizerBase,
+    model=None,
+    pad_to_multiple_of: int | None = None,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+):
+    """Dynamic padding: labels padded with -100, so padding is never a target. With ``teacher_tokenizer``, the
+    teacher's columns (``TEACHER_COLUMNS``) are padded with the teacher's pad token, the rest with the student's."""
     if task == "classification":
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
-    return DataCollatorForSeq2Seq(
-        tokenizer,
-        model=model if task == "seq2seq" else None,
-        label_pad_token_id=-100,
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    else:
+        collator = DataCollatorForSeq2Seq(
+            tokenizer,
+            model=model if task == "seq2seq" else None,
+            label_pad_token_id=-100,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+    if teacher_tokenizer is None:
+        return collator
+    return TeacherColumnsCollator(collator, DataCollatorWithPadding(teacher_tokenizer, pad_to_multiple_of=pad_to_multiple_of))
+
+
+class TeacherColumnsCollator:
+    """Pads the student's columns with ``collator`` and the teacher's tokenization with ``teacher_padding``."""
+
+    def __init__(self, collator, teacher_padding: DataCollatorWithPadding):
+        self.collator, self.teacher_padding = collator, teacher_padding
+
+    def __call__(self, features: list[dict]) -> dict:
+        names = {column: name for name, column in TEACHER_COLUMNS.items()}
+        teacher = [{names[key]: value for key, value in feature.items() if key in names} for feature in features]
+        batch = self.collator([{key: value for key, value in feature.items() if key not in names} for feature in features])
+        for name, tensor in self.teacher_padding(teacher).items():
+            batch[TEACHER_COLUMNS[name]] = tensor
+        return batch

@@ -139,17 +139,27 @@ def _hub_error(name_or_path: str, error: Exception, flag: str) -> InputError:
     )
 
 
+# Flags that name a tokenizer alone (its folder holds no model), and the files by which a folder holds a tokenizer.
+TOKENIZER_FLAGS = ("--custom_tokenizer_local_path", "--teacher_tokenizer")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def has_tokenizer(path: str) -> bool:
+    """Whether a local folder holds tokenizer files."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(name_or_path: str, *, flag: str = "--teacher", trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a folder or hub name; GPT-2-style tokenizers without a pad token pad with EOS."""
     path = resolve_model_path(name_or_path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as error:  # files there, but no tokenizer can be built from them
-        model_flag = flag != "--custom_tokenizer_local_path"  # a tokenizer-only folder has no config.json
+        model_flag = flag not in TOKENIZER_FLAGS  # a tokenizer-only folder has no config.json
         if model_flag and os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
             raise not_a_model_folder(path, flag) from None
         if os.path.isdir(path):
-            hint = "pass --custom_tokenizer_local_path" if model_flag else "give a folder written by tokenizer.save_pretrained"
+            hint = "pass --teacher_tokenizer" if model_flag else "give a folder written by tokenizer.save_pretrained"
             raise InputError(f"{flag} {path!r} has no readable tokenizer files; {hint}") from None
         raise _hub_error(name_or_path, error, flag) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -286,7 +296,8 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
     )
     raise InputError(
         f"vocabulary mismatch: the student has {student_rows} vocabulary rows but the teacher has {teacher_rows} "
-        f"({hint}); distill between models that share a tokenizer"
+        f"({hint}); distill between models that share a tokenizer (token-level distillation across tokenizers is "
+        "not supported yet; classification works across tokenizers, its labels are shared)"
     )
 
 

@@ -16,6 +16,7 @@ from .errors import InputError
 from .families import Family, family_of, layer_list_prefix, num_layers, supported_model_types
 from .layer_maps import check_layer_map, resolve_layer_map
 from .modeling import load_config, load_model, parameter_count
+from .terms import describe_weights
 
 if TYPE_CHECKING:
     from .arguments import ModelArguments
@@ -200,7 +201,18 @@ def _family_key(config) -> str:
 
 def _check_student_against_teacher(student_config, teacher_config, task: str, training_args) -> None:
     student_type, teacher_type = student_config.model_type, teacher_config.model_type
-    if student_type not in supported_model_types() or _family_key(student_config) != _family_key(teacher_config):
+    other_family = _family_key(student_config) != _family_key(teacher_config)
+    if student_type in supported_model_types() and other_family and task == "classification":
+        # Classifiers of two families share their labels: logit KD works, feature terms have no layers to pair.
+        on = [entry for need in ("hidden_states", "attentions", "qkv") for entry in describe_weights(training_args, need)]
+        if on:
+            raise InputError(
+                f"{', '.join(dict.fromkeys(on))}: feature terms pair the layers of one model family, and --student is a "
+                f"{student_type!r} model, the teacher a {teacher_type!r} one; set them to 0 (logit KD works across "
+                "families for classification)"
+            )
+        return
+    if student_type not in supported_model_types() or other_family:
         raise InputError(
             f"--student is a {student_type!r} model but the teacher is a {teacher_type!r} model; distill into a "
             "student of the teacher's family (drop --student to build one from the layer flags, or use make_student)"

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 
 from .arguments import DistillationSettings
 from .chunked_kd import CachedTeacherRows, LiveTeacherRows, ce_kd_row_pass
+from .data import TEACHER_COLUMNS, has_trained_labels
 from .errors import InputError, NonFiniteLossError
 from .features import PROJECTIONS_ATTR, attach_projections, capture_self_attention, feature_terms, pair_layers, relation_pairs
 from .guards import any_nonfinite, nonfinite_terms
@@ -53,7 +54,7 @@ from .terms import StepPositions, TermInputs, TermPlan, describe_weights, plan_t
 
 logger = logging.getLogger(__name__)
 
-_NOT_MODEL_INPUTS = ("labels", KD_ONLY_COLUMN, *CACHE_COLUMNS, PG_SAMPLES)
+_NOT_MODEL_INPUTS = ("labels", KD_ONLY_COLUMN, *CACHE_COLUMNS, PG_SAMPLES, *TEACHER_COLUMNS.values())
 _FEATURE_OUTPUT_KEYS = (
     "hidden_states",
     "attentions",
@@ -84,6 +85,10 @@ class DistillationMixin:
         self.task = task_of_model(student)
         self.cached_teacher = teacher_cache
         check_plan(self.plan, self.task, teacher_model, teacher_cache, self.distillation, self.train_dataset)
+        # The teacher reads its own tokenization of the inputs (the data module's TEACHER_COLUMNS), not the student's.
+        self.cross_tokenizer = _has_teacher_columns(self.train_dataset) or _has_teacher_columns(self.eval_dataset)
+        if self.cross_tokenizer:
+            check_cross_tokenizer_plan(self.task, self.distillation)
         self.teacher = self._setup_teacher(teacher_model)
         self.output_size = self._shared_output_rows(student)
         self.stack_pairs = pair_layers(student, self.teacher, self.distillation) if self.plan.needs_layer_pairs else ()
@@ -107,8 +112,8 @@ class DistillationMixin:
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        # Kept through remove_unused_columns: the transfer-set mark, and the cached teacher rows.
-        kept = [KD_ONLY_COLUMN, *(CACHE_COLUMNS if self.cached_teacher is not None else ())]
+        # Kept through remove_unused_columns: the transfer-set mark, the cached teacher rows, the teacher's tokenization.
+        kept = [KD_ONLY_COLUMN, *(CACHE_COLUMNS if self.cached_teacher is not None else ()), *TEACHER_COLUMNS.values()]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *kept]))
 
     def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
@@ -143,7 +148,10 @@ class DistillationMixin:
             return None
         tokenizer = self.processing_class
         tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-        return shared_output_size(output_rows(student), output_rows(self.teacher), tokenizer_size, self.task)
+        rows = shared_output_size(output_rows(student), output_rows(self.teacher), tokenizer_size, self.task)
+        if self.task == "classification":
+            check_same_labels(student, self.teacher)
+        return rows
 
     # ---- step-wide counts --------------------------------------------------------------------------------------
 
@@ -223,7 +231,10 @@ class DistillationMixin:
             student_outputs = model(**model_inputs, **extra_outputs)
         teacher_outputs, teacher_qkv = None, {}
         if self.teacher is not None and self.plan.needs("teacher_outputs", training=training):
-            teacher_inputs = {k: v for k, v in model_inputs.items() if k in self._teacher_input_names}
+            source = model_inputs
+            if TEACHER_COLUMNS["input_ids"] in inputs:  # the teacher's own tokenization of the same texts
+                source = {name: inputs[column] for name, column in TEACHER_COLUMNS.items() if column in inputs}
+            teacher_inputs = {k: v for k, v in source.items() if k in self._teacher_input_names}
             teacher_layers = [(each.stacks.teacher, each.teacher_layer) for each in relations]
             with torch.no_grad(), capture_self_attention(self.teacher, teacher_layers) as teacher_qkv:
                 teacher_outputs = self.teacher(**teacher_inputs, **extra_outputs)
@@ -437,6 +448,40 @@ def check_plan(plan: TermPlan, task: str, teacher_model, teacher_cache, settings
         raise InputError(
             f"every one of the {len(train_dataset)} training rows is unlabelled (-1 or an empty label) and the only active "
             "term, CE, needs labels: label the rows, or set --kd_weight > 0 to distill them from the teacher"
+        )
+
+
+def _has_teacher_columns(dataset) -> bool:
+    return isinstance(dataset, Dataset) and TEACHER_COLUMNS["input_ids"] in dataset.column_names
+
+
+# What a term reads position by position: meaningless when the two models read different tokenizations.
+_POSITION_NEEDS = ("hidden_states", "attentions", "qkv")
+
+
+def check_cross_tokenizer_plan(task: str, settings) -> None:
+    """A teacher reading its own tokenization shares the labels with the student, not the token positions."""
+    if task != "classification":
+        raise InputError(
+            f"the data carries the teacher's own tokenization, and this is a {task} run: token-level distillation "
+            "across tokenizers is not supported yet (classification is); give the student the teacher's tokenizer"
+        )
+    on = list(dict.fromkeys(entry for need in _POSITION_NEEDS for entry in describe_weights(settings, need)))
+    if on:
+        raise InputError(
+            f"{', '.join(on)}: feature terms compare the two models position by position, and the student's and the "
+            "teacher's tokenizations have different positions (different tokenizers); set "
+            f"{'it' if len(on) == 1 else 'them'} to 0 (logit KD on the labels works across tokenizers)"
+        )
+
+
+def check_same_labels(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    """Both classifiers name the same label at each row, when both name their labels at all."""
+    student_labels, teacher_labels = has_trained_labels(student.config), has_trained_labels(teacher.config)
+    if student_labels and teacher_labels and student_labels != teacher_labels:
+        raise InputError(
+            f"the student's labels {student_labels} are not the teacher's {teacher_labels}; give the student the "
+            "teacher's id2label / label2id"
         )
 
 

@@ -19,11 +19,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .arguments import TASK_OF_MODEL_TYPE, DataArguments, ModelArguments
 from .checkpoints import CHECKPOINTS_DIR, resolve_resume
-from .data import PreparedData, collator_for, has_trained_labels, joined_inputs, load_raw_splits, prepare_data, resolve_columns
+from .data import (
+    PreparedData,
+    collator_for,
+    has_trained_labels,
+    joined_inputs,
+    load_raw_splits,
+    prepare_data,
+    resolve_columns,
+    same_tokenizer,
+)
 from .errors import InputError
 from .families import family_of
 from .guards import GracefulStop, TrainingInterrupted
-from .modeling import load_config, load_model, load_tokenizer, task_of_model
+from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_model
 from .reports import write_json
 from .students import MODEL_TYPE_OF_FAMILY, create_student
 from .terms import ce_only_settings, plan_terms
@@ -39,10 +48,12 @@ __all__ = [
     "evaluates",
     "label_overrides",
     "load_data",
+    "own_student_tokenizer",
     "load_teacher_and_tokenizer",
     "resolve_model_type_and_task",
     "run_name",
     "scratch_teacher",
+    "student_tokenizer_and_data",
     "teacher_config",
     "train_model",
     "validate_by_generation",
@@ -132,8 +143,14 @@ def load_teacher_and_tokenizer(
     """
     source = model_args.teacher_source
     flag = "--teacher_local_path" if model_args.teacher_local_path else "--teacher"
-    tokenizer_source = model_args.custom_tokenizer_local_path or source
-    tokenizer_flag = "--custom_tokenizer_local_path" if model_args.custom_tokenizer_local_path else flag
+    tokenizer_source = model_args.teacher_tokenizer or model_args.custom_tokenizer_local_path or source
+    tokenizer_flag = (
+        "--teacher_tokenizer"
+        if model_args.teacher_tokenizer
+        else "--custom_tokenizer_local_path"
+        if model_args.custom_tokenizer_local_path
+        else flag
+    )
     tokenizer = load_tokenizer(tokenizer_source, flag=tokenizer_flag, trust_remote_code=model_args.trust_remote_code)
     known_labels = has_trained_labels(config) if task == "classification" else None
     data = prepare_data(raw, tokenizer, task, data_args, known_labels)
@@ -141,6 +158,34 @@ def load_teacher_and_tokenizer(
     set_seed(seed)
     teacher = load_model(source, task, trust_remote_code=model_args.trust_remote_code, flag=flag, config_overrides=overrides)
     return teacher, tokenizer, data
+
+
+def own_student_tokenizer(model_args: ModelArguments, teacher_tokenizer: PreTrainedTokenizerBase):
+    """The tokenizer of the ``--student`` folder when it is not the teacher's, else None."""
+    path = resolve_model_path(model_args.student, "--student") if model_args.student else None
+    if path is None or not has_tokenizer(path):
+        return None
+    tokenizer = load_tokenizer(path, flag="--student", trust_remote_code=model_args.trust_remote_code)
+    return None if same_tokenizer(tokenizer, teacher_tokenizer) else tokenizer
+
+
+def student_tokenizer_and_data(
+    model_args: ModelArguments,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    data_args: DataArguments,
+) -> tuple[PreTrainedTokenizerBase, PreparedData]:
+    """The student's tokenizer and data: the teacher's, unless the ``--student`` folder holds another tokenizer.
+
+    Then the inputs are tokenized with both: the student's columns, and the teacher's own tokenization of the same
+    texts (``data.TEACHER_COLUMNS``) that the teacher reads in the trainer (classification only).
+    """
+    tokenizer = own_student_tokenizer(model_args, teacher_tokenizer)
+    if tokenizer is None:
+        return teacher_tokenizer, data
+    known = {name: index for index, name in enumerate(data.label_names)} if data.label_names else None
+    logger.info("the student has a tokenizer of its own (%d tokens, the teacher's %d)", len(tokenizer), len(teacher_tokenizer))
+    return tokenizer, prepare_data(data.raw, tokenizer, data.task, data_args, known, teacher_tokenizer=teacher_tokenizer)
 
 
 def build_student(teacher: PreTrainedModel, model_args: ModelArguments, training_args) -> PreTrainedModel:
@@ -206,7 +251,7 @@ def train_model(
     evaluate = args.eval_strategy != "no"  # the Trainer's own evaluation (evaluates() also covers generation)
     train_dataset = training_rows(data, data.tokenized["train"], teacher, tokenizer, training_args)
     eval_dataset = data.tokenized["validation"] if evaluate else None
-    collator = collator_for(data.task, tokenizer, model)
+    collator = collator_for(data.task, tokenizer, model, teacher_tokenizer=data.teacher_tokenizer)
     if teacher_cache is not None:  # the cached teacher rows travel as extra columns beside each example
         train_dataset = teacher_cache.attach("train", train_dataset)
         eval_dataset = teacher_cache.attach("validation", eval_dataset) if evaluate else None
