@@ -234,7 +234,8 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
     file_values = read_config_file(config_path) if config_path else {}
     given = set(file_values) | {_flag_name(arg) for arg in argv if arg.startswith("--")}
     known = _destinations(parser)
-    preset = {key: value for key, value in embedded_defaults(_flag_value(argv, "model_type")).items() if key in known}
+    embedded = embedded_defaults(_flag_value(argv, "model_type"), command.name)
+    preset = {key: value for key, value in embedded.items() if key in known}
     if any(arg in ("-h", "--help") for arg in argv):
         # Help shows the defaults of a real run; what the embedded default changes is listed apart.
         changes = ", ".join(f"--{key} {value}" for key, value in preset.items())

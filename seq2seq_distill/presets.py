@@ -9,7 +9,14 @@ file to edit.
 
 from __future__ import annotations
 
-__all__ = ["DATA_SOURCE_KEYS", "EMBEDDED_DEFAULTS", "EMBEDDED_STUDENT_LAYERS", "TRAINING_DEFAULTS", "embedded_defaults"]
+__all__ = [
+    "DATA_SOURCE_KEYS",
+    "EMBEDDED_DEFAULTS",
+    "EMBEDDED_PIPELINE_DEFAULTS",
+    "EMBEDDED_STUDENT_LAYERS",
+    "TRAINING_DEFAULTS",
+    "embedded_defaults",
+]
 
 # Trainer settings that suit every command here; any TrainingArguments flag overrides them.
 TRAINING_DEFAULTS = {
@@ -37,10 +44,11 @@ EMBEDDED_DEFAULTS = {
     "kd_weight": 0.5,
     "save_strategy": "no",
     "max_new_tokens": 24,
-    # One augmented copy of each docstring, KD only, the teacher writing its summary: measured with --seeds 3
-    # (README, "When does distillation help?"); two copies did better on one seed but push the run past 10 minutes.
-    "augment_copies": 1,
 }
+# The pipeline's recipe on top: one augmented copy of each docstring, KD only, the teacher writing its summary,
+# measured with --seeds 3 (README, "When does distillation help?"); two copies did better on one seed but push the
+# run past 10 minutes. Only the pipeline: distill from a teacher cache cannot label new rows.
+EMBEDDED_PIPELINE_DEFAULTS = {"augment_copies": 1}
 
 EMBEDDED_STUDENT_LAYERS = {
     "t5": {"num_encoder_layers": 2, "num_decoder_layers": 2},
@@ -50,10 +58,12 @@ EMBEDDED_STUDENT_LAYERS = {
 }
 
 
-def embedded_defaults(model_type: str | None) -> dict:
-    """The embedded preset for a model type (t5 when none is given): shared settings plus its student's layers."""
+def embedded_defaults(model_type: str | None, command: str | None = None) -> dict:
+    """The embedded preset for a model type (t5 when none is given) and command: shared settings, its student's
+    layers, and for ``pipeline`` its recipe."""
     model_type = model_type or "t5"
-    return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {})}
+    recipe = EMBEDDED_PIPELINE_DEFAULTS if command == "pipeline" else {}
+    return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {}), **recipe}
 
 
 # The embedded preset applies only when none of these is given (as a flag or config key) and no --config is.

@@ -119,6 +119,10 @@ def test_embedded_defaults_apply_only_without_a_data_source(tmp_path):
         kind: obj for kind, obj in preset.items() if kind is not RunArguments
     }  # the written file runs the same pipeline as no flags at all
     assert parse("pipeline", "--model_type", "gpt2")[ModelArguments].num_layers == 2
+    # The pipeline's recipe (an augmented transfer set) is the pipeline's only, and in its written config.
+    assert parse("pipeline")[DataArguments].augment_copies == embedded_defaults("t5", "pipeline")["augment_copies"] > 0
+    assert config["augment_copies"] == embedded_defaults("t5", "pipeline")["augment_copies"]
+    assert parse("distill")[DataArguments].augment_copies == 0
 
 
 @pytest.mark.parametrize(
