@@ -16,9 +16,9 @@ features, causal-LM features) by the step's non-padding input tokens, all gather
 terms follow the same rule over the step's sampled tokens and sequences (see ``policy.py``). Summing micro-batch
 losses therefore gives exactly the full-batch loss, with any padding and any completion lengths.
 
-About 430 lines, most of them the Trainer hooks and their docstrings; the term arithmetic lives in the modules
-named above, and ``check_plan`` (the run's terms against what it was given) sits here because only the trainer
-sees the teacher, the cache and the data together.
+About 500 lines, most of them the Trainer hooks and their docstrings; the term arithmetic lives in the modules
+named above, and ``check_plan`` (the run's terms against what it was given: teacher, cache, teacher tokenization,
+transfer rows) sits here because only the trainer sees the teacher, the cache and the data together.
 """
 
 from __future__ import annotations
