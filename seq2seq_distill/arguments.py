@@ -3,7 +3,7 @@
 Weighting convention (one for every term, no hidden ``1 - alpha``)::
 
     loss = ce_weight * CE + kd_weight * KD + hidden_weight * HIDDEN + attention_weight * ATTENTION + norm_weight * NORM
-           + relation_weight * RELATION
+           + relation_weight * RELATION + uld_weight * ULD + matched_kl_weight * MATCHED_KL
 
 Each term is a sum over its positions divided by the count of those positions in the whole optimizer step, so
 weights are comparable across batch sizes and gradient accumulation. A weight of 0 switches its term off and costs
@@ -61,6 +61,10 @@ class DistillationSettings:
         relation_heads (`int`, optional): relation heads; unset: the student's attention head count, or its largest
             divisor that also divides the teacher's query / key / value width.
         relation_layers (`str`, defaults to "last"): last (each stack's last student layer) or all (every mapped pair).
+        uld_weight (`float`, defaults to 0.0): weight of universal logit distillation across tokenizers (seq2seq,
+            causal LM; a student with a tokenizer of its own): sorted-probability L1 of aligned spans.
+        matched_kl_weight (`float`, defaults to 0.0): weight of exact KL over the shared tokens where the aligned
+            tokens are the same (the hybrid: ULD then covers only the other spans).
         divergence (`str`, defaults to "forward_kl"): a name registered in `seq2seq_distill.losses.DIVERGENCES`.
         divergence_beta (`float`, defaults to 0.5): interpolation weight of generalized_jsd / skew divergences.
         hidden_loss (`str`, defaults to "mse"): mse or cosine.
@@ -109,6 +113,22 @@ class DistillationSettings:
             "help": "Relations of each stack's last student layer against its mapped teacher layer (last, as MiniLMv2), "
             "or of every mapped layer pair (all).",
             "choices": RELATION_LAYERS,
+        },
+    )
+    uld_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Across tokenizers (seq2seq, causal LM, a --student with its own tokenizer): weight of universal "
+            "logit distillation (Boizard et al. 2024), the L1 distance of the sorted probabilities of spans of the "
+            "target text aligned by character offsets; needs no vocabulary mapping (0 = off)."
+        },
+    )
+    matched_kl_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Across tokenizers: weight of the exact divergence (--divergence) over the tokens both vocabularies "
+            "share, on aligned spans where both sides realized the same token; with it on, --uld_weight covers only "
+            "the other spans (the hybrid). 0 = off."
         },
     )
     divergence: str = field(

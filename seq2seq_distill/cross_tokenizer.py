@@ -123,18 +123,76 @@ def merge_span_log_probs(log_probs: torch.Tensor, token_ids: torch.Tensor, group
     distribution times the later tokens' probabilities) is exact only for the realized first token, since the
     later factors are conditioned on it and not on the alternative ``v``; we do not offer it.
     """
+    spans = torch.full((log_probs.shape[0],), -1, dtype=torch.long)
+    for index, group in enumerate(groups):
+        spans[list(group)] = index
+    return merge_spans(log_probs[None], token_ids.view(1, -1), spans[None].to(log_probs.device)).log_probs
+
+
+class MergedSpans(NamedTuple):
+    """The merged rows of a batch, one per span in (row, span id) order, and what the hybrid loss asks of each."""
+
+    log_probs: torch.Tensor  # [G, V] float32, chain-rule rows (see merge_span_log_probs)
+    sizes: torch.Tensor  # [G] how many tokens the span has on this side
+    last_tokens: torch.Tensor  # [G] the realized token at the span's last position
+
+
+def merge_spans(log_probs: torch.Tensor, token_ids: torch.Tensor, spans: torch.Tensor) -> MergedSpans:
+    """:func:`merge_span_log_probs` over a batch: ``log_probs`` ``[B, T, V]``, ``token_ids`` and ``spans`` ``[B, T]``.
+
+    ``spans[b, t]`` is the id (0, 1, ...) of the aligned span position ``t`` belongs to in row ``b``, or -1
+    (the data module's ``SPAN_COLUMNS``, written by :func:`span_ids`); both sides of a pair number their spans
+    alike, so their merged rows come out in the same order and row ``g`` of one side faces row ``g`` of the other.
+    Positions of a span are consecutive and in order, whatever the padding side.
+    """
     log_probs = log_probs.float()
-    device = log_probs.device
-    last = torch.tensor([group[-1] for group in groups], dtype=torch.long, device=device)
-    merged = log_probs[last]
-    prefix_positions = [position for group in groups for position in group[:-1]]
-    if prefix_positions:
-        owners = torch.tensor([index for index, group in enumerate(groups) for _ in group[:-1]], device=device)
-        positions = torch.tensor(prefix_positions, dtype=torch.long, device=device)
-        realized = log_probs[positions, token_ids.to(device)[positions].long()]
-        prefix = torch.zeros(len(groups), dtype=log_probs.dtype, device=device).index_add(0, owners, realized)
-        merged = merged + prefix[:, None]
-    return merged
+    rows, positions = (spans >= 0).nonzero(as_tuple=True)  # row-major: each span's positions in order
+    span_counts = (spans.max(dim=1).values + 1).clamp_min(0)
+    first_span = span_counts.cumsum(0) - span_counts
+    owner = first_span[rows] + spans[rows, positions]
+    total = int(span_counts.sum())
+    tokens = token_ids[rows, positions].long()
+    realized = log_probs[rows, positions, tokens]
+    order = torch.arange(rows.numel(), device=spans.device)
+    last = torch.zeros(total, dtype=torch.long, device=spans.device).scatter_reduce(
+        0, owner, order, reduce="amax", include_self=False
+    )
+    prefix = torch.zeros(total, dtype=log_probs.dtype, device=log_probs.device).index_add(0, owner, realized) - realized[last]
+    merged = log_probs[rows[last], positions[last]] + prefix[:, None]
+    sizes = torch.bincount(owner, minlength=total)
+    return MergedSpans(merged, sizes, tokens[last])
+
+
+def span_ids(
+    text: str,
+    student_offsets: Sequence[Sequence[int]],
+    teacher_offsets: Sequence[Sequence[int]],
+    student_usable: Sequence[bool],
+    teacher_usable: Sequence[bool],
+    ends: tuple[int, int] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Per position of each tokenization of ``text``, the id of its aligned span (0, 1, ...), or -1.
+
+    The spans are :func:`align_by_offsets`' groups, kept only where every position of the group on both sides
+    is ``usable`` (a target the loss sees: not a prompt token, not a causal LM's first token, which no row
+    predicts), and numbered in order. ``ends``: the positions of the two end-of-sequence tokens, paired as a last
+    span of their own (they cover no text, but both models predict them). Computed once per row by the data
+    module, so the trainer only merges rows.
+    """
+    student_span, teacher_span = [-1] * len(student_offsets), [-1] * len(teacher_offsets)
+    groups = [
+        (group.student_positions, group.teacher_positions)
+        for group in align_by_offsets(text, student_offsets, teacher_offsets)
+        if all(student_usable[p] for p in group.student_positions) and all(teacher_usable[p] for p in group.teacher_positions)
+    ]
+    if ends is not None and student_usable[ends[0]] and teacher_usable[ends[1]]:
+        groups.append(((ends[0],), (ends[1],)))
+    for index, (student_positions, teacher_positions) in enumerate(groups):
+        for position in student_positions:
+            student_span[position] = index
+        for position in teacher_positions:
+            teacher_span[position] = index
+    return student_span, teacher_span
 
 
 # GPT-2's byte-to-printable-character table, inverted: byte-level BPE spells byte b as chr(table[b]).
@@ -335,14 +393,62 @@ def hybrid_cross_tokenizer_loss(
     return kl_sum, uld_sum
 
 
+def shared_token_table(mapping: VocabularyMap, student_rows: int) -> torch.Tensor:
+    """``[student_rows]`` long: the teacher id of each student token both vocabularies share, -1 elsewhere."""
+    table = torch.full((student_rows,), -1, dtype=torch.long)
+    keep = mapping.student_ids < student_rows
+    table[mapping.student_ids[keep]] = mapping.teacher_ids[keep]
+    return table
+
+
+def cross_tokenizer_sums(
+    student: MergedSpans,
+    teacher: MergedSpans,
+    *,
+    mapping: VocabularyMap | None = None,
+    shared_table: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(matched_kl_sum, uld_sum)`` of a batch's aligned spans (:func:`merge_spans` of each side).
+
+    Without ``mapping`` (ULD alone) every span is compared by ULD and the first sum is 0. With it (the hybrid), a
+    span is *matched* where it is one token on each side and the two realized tokens are the same token (the
+    vectorized :func:`matched_groups`, via ``shared_table`` of :func:`shared_token_table`): exact KL over the shared
+    tokens there, ULD on the rest (:func:`hybrid_cross_tokenizer_loss`). The rows were merged from log-softmaxes at
+    ``temperature``.
+    """
+    if student.log_probs.shape[0] != teacher.log_probs.shape[0]:
+        raise ValueError(
+            f"the student has {student.log_probs.shape[0]} aligned spans and the teacher {teacher.log_probs.shape[0]}; "
+            "both sides' span ids must come from one span_ids call per row"
+        )
+    if mapping is None:
+        uld_sum = sorted_probability_l1(student.log_probs.exp(), teacher.log_probs.exp()).sum()
+        return student.log_probs.new_zeros(()), uld_sum
+    table = shared_table if shared_table is not None else shared_token_table(mapping, student.log_probs.shape[1])
+    table = table.to(student.last_tokens.device)
+    same_token = table[student.last_tokens.clamp_max(table.numel() - 1)] == teacher.last_tokens.to(table.device)
+    matched = (student.sizes == 1) & (teacher.sizes.to(table.device) == 1) & same_token
+    return hybrid_cross_tokenizer_loss(
+        student.log_probs, teacher.log_probs, matched, mapping, divergence=divergence, beta=beta, temperature=temperature
+    )
+
+
 __all__ = [
     "AlignedGroup",
+    "MergedSpans",
     "VocabularyMap",
     "align_by_offsets",
     "canonical_token",
+    "cross_tokenizer_sums",
     "hybrid_cross_tokenizer_loss",
     "matched_groups",
     "merge_span_log_probs",
+    "merge_spans",
+    "shared_token_table",
+    "span_ids",
     "token_convention",
     "vocabulary_map",
 ]

@@ -27,12 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import datasets
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetsError
 from pyarrow.lib import ArrowException
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .arguments import DEFAULT_VALIDATION_FRACTION, DataArguments
+from .cross_tokenizer import span_ids
 from .errors import InputError
 from .stdlib_corpus import build_classification_corpus, build_summarization_corpus
 
@@ -49,9 +51,12 @@ TARGET_COLUMN_GUESSES = {
     "causal_lm": ("completion", "summary", "highlights", "target", "output", "answer"),
 }
 # The teacher's own tokenization of the inputs, carried beside the student's when their tokenizers differ: column
-# ``TEACHER_COLUMNS[name]`` holds what the teacher reads as ``name``. Classification only: the label space is what
-# the two models share, not the vocabulary.
-TEACHER_COLUMNS = {name: f"teacher_{name}" for name in ("input_ids", "attention_mask", "token_type_ids")}
+# ``TEACHER_COLUMNS[name]`` holds what the teacher reads as ``name`` (``labels``: its tokenization of the target,
+# seq2seq and causal LM). Classification shares the label space; the token-level tasks share the target *text*,
+# and ``SPAN_COLUMNS`` say which positions of the two tokenizations cover the same part of it
+# (``cross_tokenizer.span_ids``): per position, the id of its aligned span, or -1.
+TEACHER_COLUMNS = {name: f"teacher_{name}" for name in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+SPAN_COLUMNS = {"student": "target_span", "teacher": "teacher_target_span"}
 
 
 @dataclass
@@ -572,7 +577,7 @@ def prepare_data(
     if teacher_tokenizer is not None and same_tokenizer(tokenizer, teacher_tokenizer):
         teacher_tokenizer = None
     if teacher_tokenizer is not None:
-        check_cross_tokenizer(task, raw, data_args)
+        check_cross_tokenizer(task, raw, data_args, (tokenizer, teacher_tokenizer))
     tokenized = DatasetDict(
         {
             split: _tokenize_split(
@@ -599,13 +604,16 @@ def same_tokenizer(first: PreTrainedTokenizerBase, second: PreTrainedTokenizerBa
     return first is second or first.get_vocab() == second.get_vocab()
 
 
-def check_cross_tokenizer(task: str, raw: DatasetDict, data_args: DataArguments) -> None:
-    """What a student with a tokenizer of its own can be distilled on: classification, without a transfer set."""
-    if task != "classification":
+def check_cross_tokenizer(
+    task: str, raw: DatasetDict, data_args: DataArguments, tokenizers: Sequence[PreTrainedTokenizerBase] = ()
+) -> None:
+    """What a student with a tokenizer of its own can be distilled on: no transfer set, and for token-level tasks
+    fast tokenizers (their character offsets align the two tokenizations)."""
+    slow = [type(each).__name__ for each in tokenizers if not getattr(each, "is_fast", False)]
+    if task != "classification" and slow:
         raise InputError(
-            f"the student's tokenizer differs from the teacher's, and this is a {task} run: token-level distillation "
-            "across tokenizers is not supported yet (classification is, its labels are shared); give the student the "
-            "teacher's tokenizer"
+            f"token-level distillation across tokenizers aligns the two tokenizations by character offsets, which "
+            f"{', '.join(slow)} cannot give; load the fast tokenizer (AutoTokenizer with use_fast=True, a tokenizer.json)"
         )
     if TRANSFER_SPLIT in raw or data_args.augment_copies > 0:
         raise InputError(
@@ -673,16 +681,30 @@ def _tokenize_split(
             first, second = ([_text(value, column) for value in batch[column]] for column in input_columns)
             return classified(([prefix + text for text in first], second), batch)
         inputs = [prefix + text for text in joined_inputs(batch, input_columns, data_args.input_column_separator)]
-        if task == "seq2seq":
-            features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
-            targets = [_text(text, target_column) for text in batch[target_column]]
-            features["labels"] = tokenizer(text_target=targets, max_length=data_args.max_target_length, truncation=True)[
-                "input_ids"
-            ]
-            return features
         if task == "classification":
             return classified((inputs,), batch)
-        return _encode_causal(batch, inputs, tokenizer, data_args, target_column)
+        aligned = teacher_tokenizer is not None
+        if task == "seq2seq":
+            targets = [_text(text, target_column) for text in batch[target_column]]
+            features = _encode_seq2seq(inputs, targets, tokenizer, data_args, offsets=aligned)
+            if not aligned:
+                return features
+            teacher = _encode_seq2seq(inputs, targets, teacher_tokenizer, data_args, offsets=True)
+        else:
+            features = _encode_causal(batch, inputs, tokenizer, data_args, target_column, offsets=aligned)
+            if not aligned:
+                return features
+            teacher = _encode_causal(batch, inputs, teacher_tokenizer, data_args, target_column, offsets=True)
+        spans = [
+            _aligned_spans(task, text, features, teacher, row, (tokenizer.eos_token_id, teacher_tokenizer.eos_token_id))
+            for row, text in enumerate(features.pop("target_text"))
+        ]
+        teacher.pop("target_text")
+        features.pop("target_offsets"), teacher.pop("target_offsets")
+        features.update({TEACHER_COLUMNS[name]: values for name, values in teacher.items() if name in TEACHER_COLUMNS})
+        features[SPAN_COLUMNS["student"]] = [student for student, _ in spans]
+        features[SPAN_COLUMNS["teacher"]] = [teacher for _, teacher in spans]
+        return features
 
     encoded = dataset.map(
         encode,
@@ -706,24 +728,74 @@ def _tokenize_split(
     return encoded
 
 
-def _encode_causal(batch, prompts, tokenizer, data_args, target_column) -> dict:
-    """Prompt + completion + EOS; labels are -100 on the prompt so only the completion is learned."""
-    input_ids, labels = [], []
+def _encode_seq2seq(inputs: list[str], targets: list[str], tokenizer, data_args, offsets: bool = False) -> dict:
+    """Source and target ids; with ``offsets``, also each target token's character span (``target_offsets``) and
+    the target texts they index (``target_text``), for aligning two tokenizations (see ``_aligned_spans``)."""
+    features = tokenizer(inputs, max_length=data_args.max_source_length, truncation=True)
+    encoded = tokenizer(
+        text_target=targets, max_length=data_args.max_target_length, truncation=True, return_offsets_mapping=offsets
+    )
+    features["labels"] = encoded["input_ids"]
+    if offsets:
+        features["target_offsets"], features["target_text"] = encoded["offset_mapping"], targets
+    return features
+
+
+def _encode_causal(batch, prompts, tokenizer, data_args, target_column, offsets: bool = False) -> dict:
+    """Prompt + completion + EOS; labels are -100 on the prompt so only the completion is learned.
+
+    With ``offsets``: each position's character span in the row's target text (the completion, or the whole text
+    for plain language modelling), ``(0, 0)`` on the prompt and the EOS, as ``_encode_seq2seq`` gives them.
+    """
+    input_ids, labels, target_offsets, target_texts = [], [], [], []
     completions = batch[target_column] if target_column else [None] * len(prompts)
     for prompt, completion in zip(prompts, completions, strict=True):
         if completion is None:  # plain language modelling on the whole text
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: data_args.max_source_length - 1]
-            ids = ids + [tokenizer.eos_token_id]
+            encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=offsets)
+            keep = data_args.max_source_length - 1
+            ids = encoded["input_ids"][:keep] + [tokenizer.eos_token_id]
             input_ids.append(ids)
             labels.append(list(ids))
+            if offsets:
+                target_offsets.append([*encoded["offset_mapping"][:keep], (0, 0)])
+                target_texts.append(prompt)
             continue
         prompt_ids = tokenizer(prompt + data_args.prompt_suffix, add_special_tokens=False)["input_ids"]
         prompt_ids = prompt_ids[: data_args.max_source_length]
-        completion_ids = tokenizer(_text(completion, target_column), add_special_tokens=False)["input_ids"]
-        completion_ids = completion_ids[: data_args.max_target_length - 1] + [tokenizer.eos_token_id]
+        text = _text(completion, target_column)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+        keep = data_args.max_target_length - 1
+        completion_ids = encoded["input_ids"][:keep] + [tokenizer.eos_token_id]
         input_ids.append(prompt_ids + completion_ids)
         labels.append([-100] * len(prompt_ids) + completion_ids)
-    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
+        if offsets:
+            target_offsets.append([(0, 0)] * len(prompt_ids) + [*encoded["offset_mapping"][:keep], (0, 0)])
+            target_texts.append(text)
+    features = {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
+    if offsets:
+        features["target_offsets"], features["target_text"] = target_offsets, target_texts
+    return features
+
+
+def _aligned_spans(task: str, text: str, student: dict, teacher: dict, row: int, eos_ids: tuple[int, int]):
+    """Both sides' span ids of one row (``SPAN_COLUMNS``): positions the loss sees are label positions, and for a
+    causal LM not the first one (no logit row predicts it, see ``modeling.logit_rows``); final EOS tokens pair up."""
+
+    def usable(labels: list[int]) -> list[bool]:
+        return [label != -100 and (task != "causal_lm" or position > 0) for position, label in enumerate(labels)]
+
+    student_labels, teacher_labels = student["labels"][row], teacher["labels"][row]
+    ends = None
+    if student_labels and teacher_labels and (student_labels[-1], teacher_labels[-1]) == eos_ids:
+        ends = (len(student_labels) - 1, len(teacher_labels) - 1)
+    return span_ids(
+        text,
+        student["target_offsets"][row],
+        teacher["target_offsets"][row],
+        usable(student_labels),
+        usable(teacher_labels),
+        ends,
+    )
 
 
 def _text(value, column: str) -> str:
@@ -758,15 +830,54 @@ def collator_for(
 
 
 class TeacherColumnsCollator:
-    """Pads the student's columns with ``collator`` and the teacher's tokenization with ``teacher_padding``."""
+    """Pads the student's columns with ``collator`` and the teacher's tokenization with ``teacher_padding``.
+
+    The teacher's labels (-100) and both span columns (-1) are padded here, each on its own tokenizer's padding
+    side and to the length of the columns they index: the student's span ids to the student's padded labels, the
+    teacher's labels and span ids to the teacher's padded inputs (causal LM: one row per input position) or to
+    their longest row (seq2seq targets).
+    """
 
     def __init__(self, collator, teacher_padding: DataCollatorWithPadding):
         self.collator, self.teacher_padding = collator, teacher_padding
 
     def __call__(self, features: list[dict]) -> dict:
-        names = {column: name for name, column in TEACHER_COLUMNS.items()}
+        names = {column: name for name, column in TEACHER_COLUMNS.items() if name != "labels"}
+        by_hand = (TEACHER_COLUMNS["labels"], *SPAN_COLUMNS.values())
         teacher = [{names[key]: value for key, value in feature.items() if key in names} for feature in features]
-        batch = self.collator([{key: value for key, value in feature.items() if key not in names} for feature in features])
+        kept = [{key: value for key, value in feature.items() if key not in names and key not in by_hand} for feature in features]
+        batch = self.collator(kept)
         for name, tensor in self.teacher_padding(teacher).items():
             batch[TEACHER_COLUMNS[name]] = tensor
+        if SPAN_COLUMNS["student"] not in features[0]:
+            return batch
+        student_side = getattr(getattr(self.collator, "tokenizer", None), "padding_side", "right")
+        teacher_side = self.teacher_padding.tokenizer.padding_side
+        teacher_labels = [feature[TEACHER_COLUMNS["labels"]] for feature in features]
+        teacher_inputs = batch[TEACHER_COLUMNS["input_ids"]]
+        same_length = all(
+            len(labels) == len(feature[TEACHER_COLUMNS["input_ids"]])
+            for labels, feature in zip(teacher_labels, features, strict=True)
+        )
+        teacher_length = teacher_inputs.shape[1] if same_length else max(map(len, teacher_labels))
+        columns = (
+            (TEACHER_COLUMNS["labels"], -100, teacher_side, teacher_length),
+            (SPAN_COLUMNS["teacher"], -1, teacher_side, teacher_length),
+            (SPAN_COLUMNS["student"], -1, student_side, batch["labels"].shape[1]),
+        )
+        for column, pad, side, length in columns:
+            batch[column] = padded([feature[column] for feature in features], pad, side, length)
         return batch
+
+
+def padded(rows: Sequence[Sequence[int]], pad: int, side: str, length: int) -> torch.Tensor:
+    """``[len(rows), length]`` long tensor of the rows, padded with ``pad`` on ``side`` (left or right)."""
+    tensor = torch.full((len(rows), length), pad, dtype=torch.long)
+    for index, row in enumerate(rows):
+        if len(row):
+            values = torch.as_tensor(list(row), dtype=torch.long)
+            if side == "left":
+                tensor[index, length - len(row) :] = values
+            else:
+                tensor[index, : len(row)] = values
+    return tensor

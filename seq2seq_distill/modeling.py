@@ -296,12 +296,26 @@ def shared_output_size(student_rows: int, teacher_rows: int, tokenizer_size: int
     )
     raise InputError(
         f"vocabulary mismatch: the student has {student_rows} vocabulary rows but the teacher has {teacher_rows} "
-        f"({hint}); distill between models that share a tokenizer (token-level distillation across tokenizers is "
-        "not supported yet; classification works across tokenizers, its labels are shared)"
+        f"({hint}), so kd_weight cannot compare them token by token. Either give the student the teacher's "
+        "tokenizer, or distill across tokenizers: give the student a tokenizer of its own (a --student folder holding "
+        "it; in Python, prepare_data(..., teacher_tokenizer=) and the trainer's teacher_tokenizer=) and use "
+        "--uld_weight (universal logit distillation) and/or --matched_kl_weight (exact KL on shared tokens) with "
+        "--kd_weight 0, or sequence-level KD (pseudo_label, then CE on the teacher's texts)"
     )
 
 
 # ---- which logit row predicts which label ----------------------------------------------------------------------
+
+
+def predicting_rows(task: str, logits: torch.Tensor, *columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``logits`` ``[B, T, V]`` and per-position ``columns`` ``[B, T]``, cut so that row t predicts column t.
+
+    seq2seq: unchanged (decoder row t predicts ``labels[:, t]``); causal LM: ``logits[:, :-1]`` against
+    ``column[:, 1:]``, the convention of :func:`logit_rows`.
+    """
+    if task == "causal_lm":
+        return (logits[:, :-1], *(column[:, 1:] for column in columns))
+    return (logits, *columns)
 
 
 # A batch column marking the rows of a transfer set (1) among labelled rows (0): distilled, never in CE.

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-NEEDS = frozenset({"teacher", "teacher_outputs", "hidden_states", "attentions", "qkv", "layer_pairs"})
+NEEDS = frozenset({"teacher", "teacher_outputs", "hidden_states", "attentions", "qkv", "layer_pairs", "target_spans"})
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Term:
     ``term_weights``); ``group`` says which shared computation produces it (``logits``, ``features``, ``policy``)
     or is None for a registered term, whose ``compute`` function produces it alone; ``needs`` is what the step
     must provide (a live teacher, hidden states, attention maps, the queries, keys and values of mapped layers'
-    self-attention, layer pairs); ``training_only`` terms are not computed in evaluation.
+    self-attention, layer pairs, the aligned spans of two tokenizations); ``training_only`` terms are not computed in evaluation.
     """
 
     name: str
@@ -89,6 +89,9 @@ BUILT_IN_TERMS: tuple[Term, ...] = (
     Term("norm_loss", "norm_weight", "features", frozenset({"teacher", "teacher_outputs", "hidden_states", "layer_pairs"})),
     # qkv: forward hooks on the mapped layers' self-attention projections, registered only around this step's forwards.
     Term("relation_loss", "relation_weight", "features", frozenset({"teacher", "teacher_outputs", "qkv", "layer_pairs"})),
+    # Across tokenizers (seq2seq, causal LM): the aligned spans of the two tokenizations of the target text.
+    Term("uld_loss", "uld_weight", "cross_tokenizer", frozenset({"teacher", "teacher_outputs", "target_spans"})),
+    Term("matched_kl_loss", "matched_kl_weight", "cross_tokenizer", frozenset({"teacher", "teacher_outputs", "target_spans"})),
     Term("pg_loss", "policy_gradient_weight", "policy", frozenset({"teacher"}), training_only=True),
     # The penalties act on the policy-gradient samples: on only together with pg_loss (see plan_terms).
     Term("token_frequency_penalty", "token_frequency_penalty", "policy", training_only=True),

@@ -33,7 +33,8 @@ from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 
 from .arguments import DistillationSettings
 from .chunked_kd import CachedTeacherRows, LiveTeacherRows, ce_kd_row_pass
-from .data import TEACHER_COLUMNS, has_trained_labels
+from .cross_tokenizer import cross_tokenizer_sums, merge_spans, shared_token_table, vocabulary_map
+from .data import SPAN_COLUMNS, TEACHER_COLUMNS, has_trained_labels
 from .errors import InputError, NonFiniteLossError
 from .features import PROJECTIONS_ATTR, attach_projections, capture_self_attention, feature_terms, pair_layers, relation_pairs
 from .guards import any_nonfinite, nonfinite_terms
@@ -43,6 +44,7 @@ from .modeling import (
     load_model,
     logit_rows,
     output_rows,
+    predicting_rows,
     resolve_teacher_dtype,
     shared_output_size,
     task_of_model,
@@ -54,7 +56,7 @@ from .terms import StepPositions, TermInputs, TermPlan, describe_weights, plan_t
 
 logger = logging.getLogger(__name__)
 
-_NOT_MODEL_INPUTS = ("labels", KD_ONLY_COLUMN, *CACHE_COLUMNS, PG_SAMPLES, *TEACHER_COLUMNS.values())
+_NOT_MODEL_INPUTS = ("labels", KD_ONLY_COLUMN, *CACHE_COLUMNS, PG_SAMPLES, *TEACHER_COLUMNS.values(), *SPAN_COLUMNS.values())
 _FEATURE_OUTPUT_KEYS = (
     "hidden_states",
     "attentions",
@@ -69,12 +71,15 @@ __all__ = ["PROJECTIONS_ATTR", "DistillationMixin", "DistillationTrainer", "Seq2
 
 class DistillationMixin:
     """Adds ``teacher_model=`` (or ``teacher_cache=``, a loaded :class:`~seq2seq_distill.teacher_cache.TeacherCache`)
-    and the distillation ``compute_loss`` to a Trainer class."""
+    and the distillation ``compute_loss`` to a Trainer class. ``teacher_tokenizer=``: the teacher's, when it is not
+    the student's (``processing_class``) and ``matched_kl_weight`` > 0 needs the tokens both vocabularies share."""
 
     # Every term is divided by step-wide counts, so the Trainer must not divide by the accumulation steps again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher_model: PreTrainedModel | str | None = None, teacher_cache=None, **kwargs):
+    def __init__(
+        self, *args, teacher_model: PreTrainedModel | str | None = None, teacher_cache=None, teacher_tokenizer=None, **kwargs
+    ):
         # The Trainer sets config.use_cache to its training value (off); saved models get back the model's own.
         model = kwargs.get("model", args[0] if args else None)
         self._inference_use_cache = getattr(getattr(model, "config", None), "use_cache", None)
@@ -87,8 +92,16 @@ class DistillationMixin:
         check_plan(self.plan, self.task, teacher_model, teacher_cache, self.distillation, self.train_dataset)
         # The teacher reads its own tokenization of the inputs (the data module's TEACHER_COLUMNS), not the student's.
         self.cross_tokenizer = _has_teacher_columns(self.train_dataset) or _has_teacher_columns(self.eval_dataset)
-        if self.cross_tokenizer:
-            check_cross_tokenizer_plan(self.task, self.distillation)
+        check_cross_tokenizer_plan(self.task, self.distillation, self.cross_tokenizer)
+        self.shared_tokens = None  # the hybrid's (VocabularyMap, student id -> teacher id table)
+        if self.plan.has("matched_kl_loss"):
+            if teacher_tokenizer is None or self.processing_class is None:
+                raise InputError(
+                    "matched_kl_weight > 0 compares the tokens both vocabularies share: pass the student's tokenizer as "
+                    "processing_class= and the teacher's as teacher_tokenizer="
+                )
+            mapping = vocabulary_map(self.processing_class, teacher_tokenizer)
+            self.shared_tokens = (mapping, shared_token_table(mapping, output_rows(student)))
         self.teacher = self._setup_teacher(teacher_model)
         self.output_size = self._shared_output_rows(student)
         self.stack_pairs = pair_layers(student, self.teacher, self.distillation) if self.plan.needs_layer_pairs else ()
@@ -113,7 +126,12 @@ class DistillationMixin:
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         # Kept through remove_unused_columns: the transfer-set mark, the cached teacher rows, the teacher's tokenization.
-        kept = [KD_ONLY_COLUMN, *(CACHE_COLUMNS if self.cached_teacher is not None else ()), *TEACHER_COLUMNS.values()]
+        kept = [
+            KD_ONLY_COLUMN,
+            *(CACHE_COLUMNS if self.cached_teacher is not None else ()),
+            *TEACHER_COLUMNS.values(),
+            *SPAN_COLUMNS.values(),
+        ]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *kept]))
 
     def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
@@ -144,8 +162,8 @@ class DistillationMixin:
             if self.cached_teacher.info["vocab_size"] > rows and self.task == "classification":
                 raise InputError(f"the teacher cache has {self.cached_teacher.info['vocab_size']} labels, the student {rows}")
             return rows
-        if self.teacher is None:
-            return None
+        if self.teacher is None or (self.cross_tokenizer and self.task != "classification"):
+            return None  # across tokenizers the token-level terms compare aligned spans, not rows of one vocabulary
         tokenizer = self.processing_class
         tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
         rows = shared_output_size(output_rows(student), output_rows(self.teacher), tokenizer_size, self.task)
@@ -233,7 +251,12 @@ class DistillationMixin:
         if self.teacher is not None and self.plan.needs("teacher_outputs", training=training):
             source = model_inputs
             if TEACHER_COLUMNS["input_ids"] in inputs:  # the teacher's own tokenization of the same texts
-                source = {name: inputs[column] for name, column in TEACHER_COLUMNS.items() if column in inputs}
+                source = {
+                    name: inputs[column] for name, column in TEACHER_COLUMNS.items() if column in inputs and name != "labels"
+                }
+                if self.task == "seq2seq":  # teacher-forced on its own tokenization of the target
+                    teacher_labels = inputs[TEACHER_COLUMNS["labels"]]
+                    source["decoder_input_ids"] = self.teacher.prepare_decoder_input_ids_from_labels(labels=teacher_labels)
             teacher_inputs = {k: v for k, v in source.items() if k in self._teacher_input_names}
             teacher_layers = [(each.stacks.teacher, each.teacher_layer) for each in relations]
             with torch.no_grad(), capture_self_attention(self.teacher, teacher_layers) as teacher_qkv:
@@ -271,6 +294,8 @@ class DistillationMixin:
         student's and the teacher's recorded self-attention queries, keys and values (``capture_self_attention``)."""
         loss, terms = self._logit_terms(student_outputs, teacher_outputs, inputs, positions)
         computed = {}
+        if self.plan.group("cross_tokenizer"):
+            computed.update(self._cross_tokenizer_terms(student_outputs, teacher_outputs, inputs, positions))
         if self.plan.needs_layer_pairs:
             settings, pairs, relations = self.distillation, self.stack_pairs, self.relation_pairs
             computed.update(
@@ -325,6 +350,34 @@ class DistillationMixin:
             shared_rows=self.output_size,
             chunk_elements=settings.kd_chunk_elements,
         )
+
+    def _cross_tokenizer_terms(self, student_outputs, teacher_outputs, inputs: dict, positions: StepPositions) -> dict:
+        """ULD and the hybrid's matched KL over the aligned spans of the two tokenizations of the target text.
+
+        Each side's rows are log-softmaxes at the temperature, merged per span by the chain rule (``merge_spans``;
+        full-vocabulary rows of both models for the batch, no chunking); each sum is divided by the step's
+        distilled student positions (``positions.target_count``), as KD is, so accumulation stays exact.
+        """
+        settings = self.distillation
+        sides = []
+        for outputs, labels, spans in (
+            (student_outputs, inputs["labels"], inputs[SPAN_COLUMNS["student"]]),
+            (teacher_outputs, inputs[TEACHER_COLUMNS["labels"]], inputs[SPAN_COLUMNS["teacher"]]),
+        ):
+            logits, labels, spans = predicting_rows(self.task, outputs.logits, labels, spans)
+            log_probs = torch.nn.functional.log_softmax(logits.float() / settings.temperature, dim=-1)
+            sides.append(merge_spans(log_probs, labels, spans))
+        mapping, table = self.shared_tokens or (None, None)
+        matched_kl_sum, uld_sum = cross_tokenizer_sums(
+            *sides,
+            mapping=mapping,
+            shared_table=table,
+            divergence=settings.divergence,
+            beta=settings.divergence_beta,
+            temperature=settings.temperature,
+        )
+        sums = {"uld_loss": uld_sum, "matched_kl_loss": matched_kl_sum}
+        return {term.name: sums[term.name] / positions.target_count for term in self.plan.group("cross_tokenizer")}
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | float:
         """Sum of each planned term times its weight (diagnostics such as teacher_log_likelihood have none)."""
@@ -459,19 +512,40 @@ def _has_teacher_columns(dataset) -> bool:
 _POSITION_NEEDS = ("hidden_states", "attentions", "qkv")
 
 
-def check_cross_tokenizer_plan(task: str, settings) -> None:
-    """A teacher reading its own tokenization shares the labels with the student, not the token positions."""
-    if task != "classification":
+def check_cross_tokenizer_plan(task: str, settings, cross_tokenizer: bool) -> None:
+    """A teacher reading its own tokenization shares the labels (classification) or the target text (token-level
+    tasks, through the aligned spans) with the student, never the token positions or the vocabulary rows."""
+    span_terms = describe_weights(settings, "target_spans")
+    if not cross_tokenizer:
+        if span_terms:
+            raise InputError(
+                f"{', '.join(span_terms)}: these terms compare two tokenizations, and the student reads the teacher's "
+                "tokenizer; use --kd_weight (or give the student a tokenizer of its own)"
+            )
+        return
+    if task == "classification" and span_terms:
         raise InputError(
-            f"the data carries the teacher's own tokenization, and this is a {task} run: token-level distillation "
-            "across tokenizers is not supported yet (classification is); give the student the teacher's tokenizer"
+            f"{', '.join(span_terms)} compare tokens; a classifier's labels are shared, so use --kd_weight across "
+            "tokenizers and set them to 0"
+        )
+    if task != "classification" and plan_terms(settings).kd:
+        raise InputError(
+            f"kd_weight = {settings.kd_weight:g} compares the two models' vocabulary rows position by position, and "
+            "the student's tokenizer differs from the teacher's: set --kd_weight 0 and use --uld_weight (universal "
+            "logit distillation on aligned spans) and/or --matched_kl_weight (exact KL where both realized the same "
+            "token), or sequence-level KD (pseudo_label, then train on the teacher's texts)"
         )
     on = list(dict.fromkeys(entry for need in _POSITION_NEEDS for entry in describe_weights(settings, need)))
     if on:
         raise InputError(
             f"{', '.join(on)}: feature terms compare the two models position by position, and the student's and the "
             "teacher's tokenizations have different positions (different tokenizers); set "
-            f"{'it' if len(on) == 1 else 'them'} to 0 (logit KD on the labels works across tokenizers)"
+            f"{'it' if len(on) == 1 else 'them'} to 0 ("
+            + (
+                "logit KD on the labels works across tokenizers)"
+                if task == "classification"
+                else "--uld_weight and --matched_kl_weight compare spans of the target text aligned across tokenizers)"
+            )
         )
 
 

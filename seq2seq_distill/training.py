@@ -178,7 +178,8 @@ def student_tokenizer_and_data(
     """The student's tokenizer and data: the teacher's, unless the ``--student`` folder holds another tokenizer.
 
     Then the inputs are tokenized with both: the student's columns, and the teacher's own tokenization of the same
-    texts (``data.TEACHER_COLUMNS``) that the teacher reads in the trainer (classification only).
+    texts (``data.TEACHER_COLUMNS``) that the teacher reads in the trainer, with the aligned spans of the two
+    tokenizations of each target (``data.SPAN_COLUMNS``) for the token-level tasks.
     """
     tokenizer = own_student_tokenizer(model_args, teacher_tokenizer)
     if tokenizer is None:
@@ -266,6 +267,7 @@ def train_model(
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
+        teacher_tokenizer=data.teacher_tokenizer,
         callbacks=[stop],
     )
     resume = resolve_resume(args.resume_from_checkpoint, checkpoints)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainerCallback
@@ -55,6 +57,24 @@ class GradientRecorder(TrainerCallback):
 
 def parameters_copy(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_resumes_exactly(student, trainer_for, tmp_path) -> None:
+    """4 steps in one go vs. 2 steps, a checkpoint, and 2 more from it: the same weights.
+
+    ``trainer_for(model, output_dir, max_steps)`` builds the trainer (saving every 2 steps) around a copy of ``student``.
+    """
+
+    def run(folder, max_steps, resume=None):
+        model = copy.deepcopy(student)
+        trainer_for(model, tmp_path / folder, max_steps).train(resume_from_checkpoint=resume)
+        return parameters_copy(model)
+
+    uninterrupted = run("whole", 4)
+    run("parts", 2)
+    resumed = run("parts", 4, resume=str(tmp_path / "parts" / "checkpoint-2"))
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
 
 
 # Small, fast, deterministic training runs: one step unless a test says otherwise.

@@ -1,11 +1,9 @@
 """The one table of terms: what is derived from it, and a term of one's own added through register_term alone."""
 
-import copy
-
 import pytest
 import term_plugins
 import torch
-from helpers import classification_dataset, distillation_trainer, parameters_copy
+from helpers import assert_resumes_exactly, classification_dataset, distillation_trainer, parameters_copy
 
 from seq2seq_distill import create_student
 from seq2seq_distill.arguments import WEIGHT_NAMES, DistillationSettings
@@ -84,19 +82,12 @@ def test_a_run_with_a_registered_term_resumes_exactly(tiny, tokenizer_for, tmp_p
     dataset = classification_dataset(tokenizer, size=16)
     settings = dict(term_weights=["hidden_cosine_loss=0.5"], per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
 
-    def run(folder, max_steps, resume=None):
-        model = copy.deepcopy(student)
-        trainer = distillation_trainer(
-            "classification", tokenizer, model, teacher, tmp_path / folder, dataset, max_steps=max_steps, **settings
+    def trainer_for(model, output_dir, max_steps):
+        return distillation_trainer(
+            "classification", tokenizer, model, teacher, output_dir, dataset, max_steps=max_steps, **settings
         )
-        trainer.train(resume_from_checkpoint=resume)
-        return parameters_copy(model)
 
-    uninterrupted = run("whole", 4)
-    run("parts", 2)
-    resumed = run("parts", 4, resume=str(tmp_path / "parts" / "checkpoint-2"))
-    for name, value in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+    assert_resumes_exactly(student, trainer_for, tmp_path)
 
 
 def test_term_weights_from_a_config_mapping_or_list(tmp_path):

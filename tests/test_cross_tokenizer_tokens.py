@@ -1,0 +1,358 @@
+"""Token-level distillation across tokenizers (seq2seq and causal LM): a WordPiece teacher and a byte-level BPE
+student of another vocabulary size, both tokenizers trained here; the two tokenizations of each target are aligned
+by character offsets in the data module and compared span by span (ULD and the hybrid's matched KL)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+from helpers import TRAINING_DEFAULTS, GradientRecorder, assert_resumes_exactly
+from test_cross_tokenizer import byte_level_bpe
+from tokenizers import processors
+
+from seq2seq_distill import DistillationTrainer, Seq2SeqDistillationTrainer
+from seq2seq_distill.arguments import DataArguments, DistillationTrainingArguments, Seq2SeqDistillationTrainingArguments
+from seq2seq_distill.cross_tokenizer import merge_spans, vocabulary_map
+from seq2seq_distill.data import SPAN_COLUMNS, TEACHER_COLUMNS, collator_for, prepare_data
+from seq2seq_distill.errors import InputError
+from seq2seq_distill.stdlib_corpus import build_summarization_corpus
+from seq2seq_distill.tiny import tiny_model, train_tokenizer
+
+ROWS = build_summarization_corpus(56)
+TEXTS = [row["document"] + "\n" + row["summary"] for row in ROWS]
+TEMPERATURE = 2.0
+
+
+def framed_byte_level_bpe(texts, template: str) -> object:
+    """Byte-level BPE with its ends framed as ``template`` says (BART: ``<s> $A </s>``; GPT-2: nothing)."""
+    tokenizer = byte_level_bpe(texts, vocab_size=420)
+    tokenizer.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>"})
+    if template != "$A":
+        backend = tokenizer.backend_tokenizer
+        backend.post_processor = processors.TemplateProcessing(
+            single=template,
+            special_tokens=[("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)],
+        )
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def seq2seq_tokenizers():
+    """(teacher's lower-casing WordPiece framed as T5, student's byte-level BPE framed as BART)."""
+    teacher_tokenizer = train_tokenizer(TEXTS, vocab_size=700, model_type="t5")
+    student_tokenizer = framed_byte_level_bpe(TEXTS, "<s> $A </s>")
+    assert len(teacher_tokenizer) != len(student_tokenizer)
+    return teacher_tokenizer, student_tokenizer
+
+
+@pytest.fixture(scope="module")
+def causal_tokenizers():
+    teacher_tokenizer = train_tokenizer(TEXTS, vocab_size=700, model_type="gpt2")
+    student_tokenizer = framed_byte_level_bpe(TEXTS, "$A")
+    return teacher_tokenizer, student_tokenizer
+
+
+def splits(rows=ROWS[:40], validation=ROWS[40:]) -> DatasetDict:  # 40 training rows, 16 held out
+    return DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(validation)})
+
+
+def prepared(task: str, tokenizers, **data_settings):
+    teacher_tokenizer, student_tokenizer = tokenizers
+    data_args = DataArguments(max_source_length=48, max_target_length=20, **data_settings)
+    return prepare_data(splits(), student_tokenizer, task, data_args, teacher_tokenizer=teacher_tokenizer)
+
+
+def seq2seq_models(tokenizers, seed: int = 0, student_hidden: int = 16, student_layers: int = 1):
+    teacher_tokenizer, student_tokenizer = tokenizers
+    torch.manual_seed(seed)
+    teacher = tiny_model("t5", len(teacher_tokenizer), hidden=32, layers=2, heads=2)
+    student = tiny_model("bart", len(student_tokenizer), hidden=student_hidden, layers=student_layers, heads=2)
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(student.config, name, getattr(student_tokenizer, name))
+    student.config.decoder_start_token_id = student_tokenizer.eos_token_id
+    student.generation_config.decoder_start_token_id = student_tokenizer.eos_token_id
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(student.generation_config, name, getattr(student_tokenizer, name))
+    return teacher, student
+
+
+def causal_models(tokenizers, seed: int = 0):
+    teacher_tokenizer, student_tokenizer = tokenizers
+    torch.manual_seed(seed)
+    teacher = tiny_model("gpt2", len(teacher_tokenizer), hidden=32, layers=2, heads=2)
+    student = tiny_model("gpt2", len(student_tokenizer), hidden=16, layers=1, heads=2)
+    return teacher, student
+
+
+def trainer_of(task, tokenizers, student, teacher, dataset, output_dir, **settings):
+    teacher_tokenizer, student_tokenizer = tokenizers
+    seq2seq = task == "seq2seq"
+    arguments_class = Seq2SeqDistillationTrainingArguments if seq2seq else DistillationTrainingArguments
+    defaults = {**TRAINING_DEFAULTS, "kd_weight": 0.0, "uld_weight": 1.0, "matched_kl_weight": 1.0}
+    arguments = arguments_class(output_dir=str(output_dir), temperature=TEMPERATURE, **{**defaults, **settings})
+    return (Seq2SeqDistillationTrainer if seq2seq else DistillationTrainer)(
+        model=student,
+        teacher_model=teacher,
+        args=arguments,
+        train_dataset=dataset,
+        data_collator=collator_for(task, student_tokenizer, student, teacher_tokenizer=teacher_tokenizer),
+        processing_class=student_tokenizer,
+        teacher_tokenizer=teacher_tokenizer,
+    )
+
+
+def squashed(text: str) -> str:
+    """Spaces and case aside; a span that starts inside a word decodes with WordPiece's ``##`` mark."""
+    return "".join(text.split()).lower().removeprefix("##")
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_each_aligned_span_covers_the_same_text_on_both_sides(task, seq2seq_tokenizers, causal_tokenizers):
+    """Decode each span's tokens with each tokenizer: the same characters (spaces aside; the teacher lower-cases)."""
+    teacher_tokenizer, student_tokenizer = tokenizers = seq2seq_tokenizers if task == "seq2seq" else causal_tokenizers
+    rows = prepared(task, tokenizers).tokenized["train"]
+    uneven = 0
+    for row in rows:
+        student_spans, teacher_spans = row[SPAN_COLUMNS["student"]], row[SPAN_COLUMNS["teacher"]]
+        assert len(student_spans) == len(row["labels"]) and len(teacher_spans) == len(row[TEACHER_COLUMNS["labels"]])
+        ids = sorted(set(student_spans) - {-1})
+        assert ids == list(range(len(ids))) == sorted(set(teacher_spans) - {-1})  # consecutive, the same on both sides
+        for span in ids:
+            student_positions = [p for p, value in enumerate(student_spans) if value == span]
+            teacher_positions = [p for p, value in enumerate(teacher_spans) if value == span]
+            assert student_positions == list(range(student_positions[0], student_positions[-1] + 1))
+            student_text = student_tokenizer.decode([row["labels"][p] for p in student_positions])
+            teacher_text = teacher_tokenizer.decode([row[TEACHER_COLUMNS["labels"]][p] for p in teacher_positions])
+            assert squashed(student_text) == squashed(teacher_text)
+            uneven += len(student_positions) != len(teacher_positions)
+            if task == "causal_lm":  # no logit row predicts the first token; the prompt is never a target
+                assert 0 not in student_positions and all(row["labels"][p] != -100 for p in student_positions)
+    assert uneven > 0  # some spans are split differently by the two tokenizers: a real merge is exercised
+
+
+def test_merge_spans_is_the_chain_rule_per_span(seq2seq_tokenizers):
+    """Against a loop: merged[v] = sum of the realized log-probs before the span's last position + its row's log p(v)."""
+    torch.manual_seed(0)
+    log_probs = torch.randn(2, 6, 5).log_softmax(-1)
+    tokens = torch.randint(0, 5, (2, 6))
+    spans = torch.tensor([[-1, 0, 0, 1, 2, 2], [0, 1, 1, 1, -1, -1]])  # padding and an unaligned first position
+    merged = merge_spans(log_probs, tokens, spans)
+    expected, sizes, last_tokens = [], [], []
+    for row in range(2):
+        for span in range(int(spans[row].max()) + 1):
+            positions = [p for p in range(6) if spans[row, p] == span]
+            prefix = sum(float(log_probs[row, p, tokens[row, p]]) for p in positions[:-1])
+            expected.append(log_probs[row, positions[-1]] + prefix)
+            sizes.append(len(positions))
+            last_tokens.append(int(tokens[row, positions[-1]]))
+    torch.testing.assert_close(merged.log_probs, torch.stack(expected))
+    assert merged.sizes.tolist() == sizes and merged.last_tokens.tolist() == last_tokens
+
+
+def by_hand(task, tokenizers, student, teacher, rows) -> tuple[float, float]:
+    """ULD and matched KL of the rows one at a time, unpadded, from the dataset's columns: sorted-probability L1 with
+    the smaller vocabulary zero-padded; KL over the shared tokens renormalized, times T^2; each over all targets."""
+    teacher_tokenizer, student_tokenizer = tokenizers
+    shared = vocabulary_map(student_tokenizer, teacher_tokenizer).student_to_teacher
+    uld = matched_kl = targets = 0.0
+    for row in rows:
+        sides = []
+        for model, prefix in ((student, ""), (teacher, "teacher_")):
+            input_ids = torch.tensor([row[f"{prefix}input_ids"]])
+            labels = torch.tensor(row[f"{prefix}labels"])
+            if task == "seq2seq":
+                decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels[None])
+                logits = model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits[0]
+                rows_of = {p: logits[p] for p in range(len(labels))}
+            else:
+                logits = model(input_ids=input_ids).logits[0]
+                rows_of = {p: logits[p - 1] for p in range(1, len(labels))}
+            spans = row[SPAN_COLUMNS["student"] if not prefix else SPAN_COLUMNS["teacher"]]
+            merged = {}
+            for span in sorted(set(spans) - {-1}):
+                positions = [p for p, value in enumerate(spans) if value == span]
+                log_probs = {p: F.log_softmax(rows_of[p].float() / TEMPERATURE, -1) for p in positions}
+                realized = sum(log_probs[p][labels[p]] for p in positions[:-1])
+                merged[span] = (log_probs[positions[-1]] + realized, len(positions), int(labels[positions[-1]]))
+            sides.append(merged)
+        student_spans, teacher_spans = sides
+        for span, (student_row, student_size, student_token) in student_spans.items():
+            teacher_row, teacher_size, teacher_token = teacher_spans[span]
+            if student_size == teacher_size == 1 and shared.get(student_token) == teacher_token:
+                pairs = sorted(shared.items())
+                student_shared = student_row[[s for s, _ in pairs]].log_softmax(-1)
+                teacher_shared = teacher_row[[t for _, t in pairs]].log_softmax(-1)
+                matched_kl += float((teacher_shared.exp() * (teacher_shared - student_shared)).sum()) * TEMPERATURE**2
+            else:
+                student_sorted = student_row.exp().sort(descending=True).values
+                teacher_sorted = teacher_row.exp().sort(descending=True).values
+                width = max(len(student_sorted), len(teacher_sorted))
+                uld += float(
+                    (
+                        F.pad(student_sorted, (0, width - len(student_sorted)))
+                        - F.pad(teacher_sorted, (0, width - len(teacher_sorted)))
+                    )
+                    .abs()
+                    .sum()
+                )
+        labels = row["labels"][1:] if task == "causal_lm" else row["labels"]
+        targets += sum(label != -100 for label in labels)
+    return uld / targets, matched_kl / targets
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_span_terms_equal_a_row_by_row_computation(task, seq2seq_tokenizers, causal_tokenizers, tmp_path):
+    tokenizers = seq2seq_tokenizers if task == "seq2seq" else causal_tokenizers
+    teacher, student = (seq2seq_models if task == "seq2seq" else causal_models)(tokenizers)
+    rows = prepared(task, tokenizers).tokenized["train"].select(range(5))
+    trainer = trainer_of(task, tokenizers, student, teacher, rows, tmp_path)
+    student.eval()
+    batch = trainer.data_collator([rows[i] for i in range(len(rows))])
+    with torch.no_grad():
+        trainer.compute_loss(student, batch)
+    terms = {name: float(value) for name, value in trainer._term_sums["eval"].items()}
+    with torch.no_grad():
+        uld, matched_kl = by_hand(task, tokenizers, student, trainer.teacher, rows)
+    assert terms["uld_loss"] == pytest.approx(uld, rel=1e-4) and uld > 0
+    assert terms["matched_kl_loss"] == pytest.approx(matched_kl, rel=1e-4, abs=1e-7) and matched_kl > 0
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_gradient_accumulation_equals_full_batch_across_tokenizers(task, seq2seq_tokenizers, causal_tokenizers, tmp_path):
+    tokenizers = seq2seq_tokenizers if task == "seq2seq" else causal_tokenizers
+    teacher, student = (seq2seq_models if task == "seq2seq" else causal_models)(tokenizers)
+    train = prepared(task, tokenizers).tokenized["train"].select(range(8))
+    results = []
+    for batch_size, accumulation in ((8, 1), (2, 4)):
+        recorder = GradientRecorder()
+        trainer = trainer_of(
+            task,
+            tokenizers,
+            copy.deepcopy(student),
+            teacher,
+            train,
+            tmp_path / str(batch_size),
+            ce_weight=0.5,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+        )
+        trainer.add_callback(recorder)
+        trainer.train()
+        results.append((trainer.state.log_history[0], recorder.gradients[0]))
+    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = results
+    for name in ("loss", "ce_loss", "uld_loss", "matched_kl_loss"):
+        assert accumulated_logs[name] == pytest.approx(full_logs[name], abs=1e-5, rel=1e-5), name
+    for name, gradient in full_grads.items():
+        torch.testing.assert_close(accumulated_grads[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_cross_tokenizer_run_resumes_exactly(seq2seq_tokenizers, tmp_path):
+    """4 steps in one go vs. 2 steps, a checkpoint, and 2 more from it: the same weights."""
+    teacher, student = seq2seq_models(seq2seq_tokenizers)
+    train = prepared("seq2seq", seq2seq_tokenizers).tokenized["train"].select(range(16))
+    settings = dict(per_device_train_batch_size=4, save_strategy="steps", save_steps=2, ce_weight=0.5)
+
+    def trainer_for(model, output_dir, max_steps):
+        return trainer_of("seq2seq", seq2seq_tokenizers, model, teacher, train, output_dir, max_steps=max_steps, **settings)
+
+    assert_resumes_exactly(student, trainer_for, tmp_path)
+
+
+def test_vocabulary_row_kd_across_tokenizers_is_one_error_naming_the_options(seq2seq_tokenizers, tmp_path):
+    teacher, student = seq2seq_models(seq2seq_tokenizers)
+    train = prepared("seq2seq", seq2seq_tokenizers).tokenized["train"]
+    with pytest.raises(InputError, match=r"kd_weight = 0.5 .*--uld_weight.*--matched_kl_weight.*pseudo_label"):
+        trainer_of("seq2seq", seq2seq_tokenizers, student, teacher, train, tmp_path, kd_weight=0.5)
+    with pytest.raises(InputError, match=r"hidden_weight = 1: .*position by position.*--uld_weight"):
+        trainer_of("seq2seq", seq2seq_tokenizers, student, teacher, train, tmp_path, hidden_weight=1.0)
+
+
+def test_span_terms_without_a_second_tokenization_are_refused(seq2seq_tokenizers, tmp_path):
+    teacher_tokenizer, _ = seq2seq_tokenizers
+    teacher, _ = seq2seq_models(seq2seq_tokenizers)
+    data = prepare_data(splits(), teacher_tokenizer, "seq2seq", DataArguments(max_source_length=48, max_target_length=20))
+    same = (teacher_tokenizer, teacher_tokenizer)
+    with pytest.raises(InputError, match=r"uld_weight = 1.*the teacher's tokenizer; use --kd_weight"):
+        trainer_of("seq2seq", same, copy.deepcopy(teacher), teacher, data.tokenized["train"], tmp_path)
+
+
+def held_out_divergence(tokenizers, student, teacher, rows) -> float:
+    """Teacher-forced on held-out rows, over the spans where both sides realized the same token: the mean
+    KL(teacher || student) at T = 1 of the next-token distributions restricted to the tokens both vocabularies share."""
+    teacher_tokenizer, student_tokenizer = tokenizers
+    shared = sorted(vocabulary_map(student_tokenizer, teacher_tokenizer).student_to_teacher.items())
+    student_ids, teacher_ids = [s for s, _ in shared], [t for _, t in shared]
+    divergence, total = 0.0, 0
+    for row in rows:
+        sides = []
+        for model, prefix, ids in ((student, "", student_ids), (teacher, "teacher_", teacher_ids)):
+            labels = torch.tensor(row[f"{prefix}labels"])
+            decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels[None])
+            logits = model(input_ids=torch.tensor([row[f"{prefix}input_ids"]]), decoder_input_ids=decoder_input_ids).logits[0]
+            spans = row[SPAN_COLUMNS["teacher" if prefix else "student"]]
+            by_span = {}
+            for span in set(spans) - {-1}:
+                positions = [p for p, value in enumerate(spans) if value == span]
+                by_span[span] = (len(positions), int(labels[positions[-1]]), logits[positions[-1], ids].log_softmax(-1))
+            sides.append(by_span)
+        for span, (size, token, student_log_probs) in sides[0].items():
+            teacher_size, teacher_token, teacher_log_probs = sides[1][span]
+            if size == teacher_size == 1 and dict(shared).get(token) == teacher_token:
+                total += 1
+                divergence += float((teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum())
+    assert total >= 10
+    return divergence / total
+
+
+def test_span_distillation_moves_the_student_toward_the_teacher(seq2seq_tokenizers, tmp_path):
+    """After the same steps, the distilled student is closer to the teacher on held-out rows (KL over the shared
+    tokens where both tokenizations realized the same token) than the same student trained with CE on the
+    references alone."""
+    teacher_tokenizer, _ = seq2seq_tokenizers
+    teacher, student = seq2seq_models(seq2seq_tokenizers)
+    # A teacher with a behaviour of its own: it learned to write each document's opening words, not the summary
+    # that the references (and the CE-only student) hold.
+    leads = [{"document": row["document"], "summary": " ".join(row["document"].split()[:6])} for row in ROWS]
+    teacher_data = prepare_data(
+        splits(leads[:40], leads[40:]), teacher_tokenizer, "seq2seq", DataArguments(max_source_length=48, max_target_length=20)
+    )
+    teacher_args = Seq2SeqDistillationTrainingArguments(
+        output_dir=str(tmp_path / "teacher"),
+        **{**TRAINING_DEFAULTS, "max_steps": 40, "learning_rate": 5e-3, "per_device_train_batch_size": 8},
+        ce_weight=1.0,
+        kd_weight=0.0,
+    )
+    Seq2SeqDistillationTrainer(
+        model=teacher,
+        args=teacher_args,
+        train_dataset=teacher_data.tokenized["train"],
+        data_collator=collator_for("seq2seq", teacher_tokenizer, teacher),
+        processing_class=teacher_tokenizer,
+    ).train()
+    data = prepared("seq2seq", seq2seq_tokenizers)
+    divergence = {}
+    runs = {"baseline": dict(ce_weight=1.0, uld_weight=0.0, matched_kl_weight=0.0), "distilled": dict(ce_weight=0.0)}
+    for name, settings in runs.items():
+        model = copy.deepcopy(student)
+        trainer = trainer_of(
+            "seq2seq",
+            seq2seq_tokenizers,
+            model,
+            teacher,
+            data.tokenized["train"],
+            tmp_path / name,
+            max_steps=30,
+            learning_rate=5e-3,
+            per_device_train_batch_size=8,
+            **settings,
+        )
+        trainer.train()
+        model.eval()
+        with torch.no_grad():
+            divergence[name] = held_out_divergence(seq2seq_tokenizers, model, teacher.eval(), data.tokenized["validation"])
+    print(divergence)
+    assert divergence["distilled"] < 0.8 * divergence["baseline"]  # seeds 0, 1, 2: 0.56, 0.57, 0.68 of it
