@@ -39,6 +39,7 @@ from .training import (
     TrainedModel,
     build_student,
     ce_only,
+    check_eval_metrics,
     evaluates,
     load_data,
     load_teacher_and_tokenizer,
@@ -133,6 +134,7 @@ def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
     student_path = resolve_model_path(model_args.student, "--student")
     config = student_config(model_args)
     _, task = resolve_model_type_and_task(model_args, config)
+    check_eval_metrics(training_args, task)
     known_labels = has_trained_labels(config) if task == "classification" else None
     raw = load_raw_splits(data_args, task, evaluates=evaluates(training_args, task), known_labels=known_labels)
     tokenizer_source = model_args.custom_tokenizer_local_path or student_path

@@ -21,6 +21,7 @@ __all__ = [
     "EvaluationSet",
     "TaskRunner",
     "batches",
+    "decode_generated",
     "evaluation_set",
     "generation_predictions",
     "length_order",
@@ -104,14 +105,19 @@ class TaskRunner:
                 self.tokenizer.padding_side = padding_side
             generated = self.model.generate(**batch, **self.generation, pad_token_id=self.tokenizer.pad_token_id)
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        counts = _generated_counts(new_tokens, self.tokenizer)
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), counts
+        return decode_generated(new_tokens, self.tokenizer)
 
     def _inputs(self, features: list[dict]) -> dict:
         keep = [
             {k: v for k, v in feature.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for feature in features
         ]
         return {name: tensor.to(self.device) for name, tensor in self.input_collator(keep).items()}
+
+
+def decode_generated(new_tokens: torch.Tensor, tokenizer) -> tuple[list[str], list[int]]:
+    """(texts, generated-token counts) of generated ids ``[batch, tokens]`` without the decoder start or the prompt:
+    the benchmark's and the Trainer's evaluation (``training.task_metrics``) decode and count the same way."""
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), _generated_counts(new_tokens, tokenizer)
 
 
 def _generated_counts(new_tokens: torch.Tensor, tokenizer) -> list[int]:

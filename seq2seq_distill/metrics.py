@@ -17,8 +17,11 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 __all__ = [
+    "EVAL_METRICS",
     "bleu_scores",
+    "classification_eval_metrics",
     "classification_scores",
+    "generation_eval_metrics",
     "generation_length",
     "perplexity",
     "prediction_agreement",
@@ -27,6 +30,10 @@ __all__ = [
 ]
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# What a training run's evaluation adds to eval_loss (as eval_<name>), per task: the benchmark's own scores, so a
+# checkpoint picked by --metric_for_best_model is picked by the number the benchmark reports. Causal LMs have none
+# here: their generations are scored once, after training (``training.validate_by_generation``).
+EVAL_METRICS = {"seq2seq": (*ROUGE_TYPES, "gen_len"), "classification": ("accuracy", "f1"), "causal_lm": ()}
 BLEU_WEIGHTS = {
     "bleu1": (1.0,),
     "bleu2": (1 / 2,) * 2,
@@ -145,6 +152,22 @@ def classification_scores(
         "macro_f1": 100.0 * float(f1_score(labels, predictions, average="macro", zero_division=0)),
         "per_class": per_class,
     }
+
+
+def classification_eval_metrics(predictions: list[int], labels: list[int], label_names: list[str] | None = None) -> dict:
+    """``EVAL_METRICS["classification"]`` of :func:`classification_scores` (f1 is its macro-F1), on the labelled rows
+    only: a row labelled -100 (unlabelled) has no right answer to score, and a split of such rows gives {} (its
+    evaluation still has its losses, KD needing no label)."""
+    labelled = [(prediction, label) for prediction, label in zip(predictions, labels, strict=True) if label >= 0]
+    if not labelled:
+        return {}
+    scores = classification_scores([p for p, _ in labelled], [label for _, label in labelled], label_names)
+    return {"accuracy": scores["accuracy"], "f1": scores["macro_f1"]}
+
+
+def generation_eval_metrics(predictions: list[str], references: list[str], token_counts: list[int]) -> dict[str, float]:
+    """``EVAL_METRICS["seq2seq"]``: :func:`rouge_scores` and the mean generated length, under the Trainer's names."""
+    return {**rouge_scores(predictions, references), "gen_len": generation_length(token_counts)}
 
 
 def perplexity(total_negative_log_likelihood: float, total_tokens: int) -> float:

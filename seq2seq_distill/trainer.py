@@ -569,3 +569,23 @@ class DistillationTrainer(DistillationMixin, Trainer):
 
 class Seq2SeqDistillationTrainer(DistillationMixin, Seq2SeqTrainer):
     """`transformers.Seq2SeqTrainer` with distillation; generation-based evaluation is the Seq2SeqTrainer's own."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """With ``predict_with_generate``: the run's distillation loss (``compute_loss``) as the eval loss, and the
+        Seq2SeqTrainer's generation from the model inputs only.
+
+        The Seq2SeqTrainer would score the student's own CE, so eval_loss (and --metric_for_best_model loss) would
+        change meaning with the flag and the eval terms would not be logged, and it hands every column to
+        ``generate``, which refuses the cached teacher rows and the transfer-set mark.
+        """
+        if not self.args.predict_with_generate or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        inputs = self._prepare_inputs(inputs)
+        loss = None
+        if "labels" in inputs:
+            loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
+        # Without labels (and the decoder inputs the collator built from them) the Seq2SeqTrainer only generates.
+        dropped = (*_NOT_MODEL_INPUTS, "decoder_input_ids", "decoder_attention_mask")
+        generation_inputs = {name: value for name, value in inputs.items() if name not in dropped}
+        _, generated, _ = super().prediction_step(model, generation_inputs, False, ignore_keys=ignore_keys, **gen_kwargs)
+        return loss, generated, inputs.get("labels")

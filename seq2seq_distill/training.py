@@ -3,8 +3,8 @@
 The commands (``commands.py``) chain these helpers. Every training run goes through the same trainer classes (a
 teacher or a baseline student is a run whose only term is CE), writes its final model and tokenizer to its output
 folder, Trainer checkpoints to ``<output>/checkpoints`` and every logged value to
-``<output>/training_metrics.json``; a causal-LM run with ``--predict_with_generate`` ends with validation by
-generation.
+``<output>/training_metrics.json`` (each evaluation with the task's metrics, :func:`task_metrics`); a causal-LM
+run with ``--predict_with_generate`` ends with validation by generation.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from datasets import DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
@@ -45,6 +47,7 @@ __all__ = [
     "TrainedModel",
     "build_student",
     "ce_only",
+    "check_eval_metrics",
     "evaluates",
     "label_overrides",
     "load_data",
@@ -54,6 +57,7 @@ __all__ = [
     "run_name",
     "scratch_teacher",
     "student_tokenizer_and_data",
+    "task_metrics",
     "teacher_config",
     "train_model",
     "validate_by_generation",
@@ -121,6 +125,8 @@ def load_data(model_args: ModelArguments, data_args: DataArguments, training_arg
     config = teacher_config(model_args)
     model_type, task = resolve_model_type_and_task(model_args, config)
     known_labels = has_trained_labels(config) if task == "classification" and config is not None else None
+    if training_args is not None:
+        check_eval_metrics(training_args, task)
     reads_validation = evaluates(training_args, task) if training_args is not None else True
     raw = load_raw_splits(data_args, task, evaluates=reads_validation, known_labels=known_labels)
     add_transfer_split(raw, data_args, task)
@@ -131,6 +137,82 @@ def evaluates(training_args, task: str) -> bool:
     """Whether a training run reads the validation split: to evaluate, or (causal LMs) to validate by generation."""
     generates = task == "causal_lm" and bool(getattr(training_args, "predict_with_generate", False))
     return training_args.eval_strategy != "no" or generates
+
+
+def check_eval_metrics(training_args, task: str) -> None:
+    """``--metric_for_best_model`` names a task metric this run's evaluation logs, checked before any weights load
+    (the Trainer would find it missing only at the first evaluation, after training has begun).
+
+    Only the task metrics are checked (``metrics.EVAL_METRICS``): other names (loss, each loss term) are the
+    Trainer's to check.
+    """
+    name = getattr(training_args, "metric_for_best_model", None)
+    if not name:
+        return
+    from .metrics import EVAL_METRICS  # rouge-score, nltk and scikit-learn take a second: only runs that name one
+
+    metric = name.removeprefix("eval_")
+    if metric not in {known for names in EVAL_METRICS.values() for known in names}:
+        return
+    if task == "seq2seq" and metric in EVAL_METRICS[task] and not getattr(training_args, "predict_with_generate", False):
+        raise InputError(
+            f"--metric_for_best_model {name} is scored on generated summaries, and this run evaluates without "
+            "generating: add --predict_with_generate (--generation_max_length and --generation_num_beams set how)"
+        )
+    if metric not in EVAL_METRICS[task]:
+        logged = ", ".join(("loss", *EVAL_METRICS[task]))
+        later = " (its generations are scored once, after training, with --predict_with_generate)" if task == "causal_lm" else ""
+        raise InputError(
+            f"--metric_for_best_model {name} is not logged by a {task} run, whose evaluation logs {logged} and each "
+            f"loss term{later}; choose one of those"
+        )
+
+
+def task_metrics(task: str, tokenizer, label_names: list[str] | None = None, generates: bool = False) -> tuple:
+    """``(compute_metrics, preprocess_logits_for_metrics)`` of a task's training run, from the benchmark's metrics
+    (``metrics.EVAL_METRICS``): (None, None) where the Trainer's evaluation has nothing to score.
+
+    Classification keeps only each row's predicted label (argmax) so the evaluation loop does not gather every
+    logit. Seq2seq is scored on the Seq2SeqTrainer's generations (``generates``: --predict_with_generate; ROUGE of
+    teacher-forced logits would say little), against the decoded labels, decoded and counted as the benchmark does.
+    Causal LMs are scored by generation once, after training (:func:`validate_by_generation`).
+    """
+    if task == "classification":
+        return _classification_metrics(label_names), _predicted_labels
+    if task == "seq2seq" and generates:
+        return _generation_metrics(tokenizer), None
+    return None, None
+
+
+def _predicted_labels(logits, labels):
+    """preprocess_logits_for_metrics of classification: the predicted label of each row."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+
+
+def _classification_metrics(label_names: list[str] | None):
+    from .metrics import classification_eval_metrics
+
+    def compute_metrics(prediction) -> dict:
+        predicted, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+        return classification_eval_metrics(predicted.reshape(-1).tolist(), labels.reshape(-1).tolist(), label_names)
+
+    return compute_metrics
+
+
+def _generation_metrics(tokenizer):
+    from .inference import decode_generated
+    from .metrics import generation_eval_metrics
+
+    def compute_metrics(prediction) -> dict:
+        generated = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        # -100 pads the batches to one length (the evaluation loop) and marks the labels' padding.
+        generated, labels = (torch.as_tensor(ids) for ids in (generated, prediction.label_ids))
+        generated, labels = (ids.masked_fill(ids < 0, tokenizer.pad_token_id) for ids in (generated, labels))
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        texts, counts = decode_generated(generated[:, 1:], tokenizer)  # column 0 is the decoder start, not generated
+        return generation_eval_metrics(texts, references, counts)
+
+    return compute_metrics
 
 
 def load_teacher_and_tokenizer(
@@ -253,6 +335,7 @@ def train_model(
     train_dataset = training_rows(data, data.tokenized["train"], teacher, tokenizer, training_args)
     eval_dataset = data.tokenized["validation"] if evaluate else None
     collator = collator_for(data.task, tokenizer, model, teacher_tokenizer=data.teacher_tokenizer)
+    compute_metrics, predicted = task_metrics(data.task, tokenizer, data.label_names, args.predict_with_generate)
     if teacher_cache is not None:  # the cached teacher rows travel as extra columns beside each example
         train_dataset = teacher_cache.attach("train", train_dataset)
         eval_dataset = teacher_cache.attach("validation", eval_dataset) if evaluate else None
@@ -269,6 +352,8 @@ def train_model(
         processing_class=tokenizer,
         teacher_tokenizer=data.teacher_tokenizer,
         callbacks=[stop],
+        compute_metrics=compute_metrics if evaluate else None,
+        preprocess_logits_for_metrics=predicted if evaluate else None,
     )
     resume = resolve_resume(args.resume_from_checkpoint, checkpoints)
     logger.info("training %s -> %s", name, output_dir)
