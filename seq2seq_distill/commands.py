@@ -30,6 +30,7 @@ from .checkpoints import check_resume
 from .data import has_trained_labels, load_raw_splits, prepare_data, resolve_columns, same_tokenizer
 from .errors import InputError
 from .inference import teacher_outputs
+from .model_cards import ModelRun, save_model_card, update_model_cards
 from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
 from .processes import default_device, is_main_process
 from .students import check_student_plan, student_config
@@ -104,6 +105,8 @@ def make_student(model_args: ModelArguments, training_args, output_dir: str) -> 
     if is_main_process():
         student.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+        card = ModelRun("student", "student", task, student.config.model_type, source, student.config.student_layer_map)
+        save_model_card(output_dir, card)
     logger.info("student with layer map %s saved to %s", student.config.student_layer_map, output_dir)
     return output_dir
 
@@ -243,7 +246,7 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
         name: (own_tokenizer, prepare_data(raw, own_tokenizer, task, data_args, labels)) for name, own_tokenizer in own.items()
     }
     training_logs = {name: os.path.join(path, TRAINING_METRICS_FILE) for name, path in zip(names, paths, strict=True)}
-    return run_benchmark(
+    summary = run_benchmark(
         dict(zip(names, paths, strict=True)),
         data,
         tokenizer,
@@ -254,6 +257,8 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
         settings=settings,
         readers=readers,
     )
+    update_model_cards(dict(zip(names, paths, strict=True)), summary, data_args)  # the results go into our models' cards
+    return summary
 
 
 def _own_tokenizers(tokenizer, paths: list[str], names: list[str], task: str, trust_remote_code: bool = False) -> dict:
@@ -317,15 +322,18 @@ def run_pipeline(
             teacher_run = TrainedModel("teacher", resolve_model_path(model_args.teacher_source), {})
     settings = {"baseline": [], "distilled": []} if pipeline_args.train_baseline else {"distilled": []}
     runs, seeds = {"teacher": teacher_run}, {}
+    source = teacher_run.path  # what the students' model cards name as their teacher
     for seed, seeded_args in seed_runs:
         student = build_student(teacher, model_args, seeded_args)
         for setting in settings:
             name = setting if pipeline_args.seeds == 1 else f"{setting}-seed{seed}"
             folder = os.path.join(root, name)
             if setting == "baseline":  # a copy: the distilled run of this seed starts from the same weights
-                run = train_model(name, copy.deepcopy(student), None, data, tokenizer, ce_only(seeded_args), folder)
+                run = train_model(
+                    name, copy.deepcopy(student), None, data, tokenizer, ce_only(seeded_args), folder, teacher_source=source
+                )
             else:
-                run = train_model(name, student, teacher, data, tokenizer, seeded_args, folder)
+                run = train_model(name, student, teacher, data, tokenizer, seeded_args, folder, teacher_source=source)
             runs[name], seeds[name] = run, seed
             settings[setting].append(name)
     order = ["teacher", *(name for names in settings.values() for name in names)]  # each setting's seeds together
@@ -333,7 +341,7 @@ def run_pipeline(
     training_logs = {name: os.path.join(runs[name].path, TRAINING_METRICS_FILE) for name in order}
     if not is_main_process():  # whole models are measured once, by the main process; the others are done
         return {"verdict": f"process {training_args.process_index}: the benchmark runs on the main process", "skipped": True}
-    return run_benchmark(
+    summary = run_benchmark(
         models,
         data,
         tokenizer,
@@ -344,6 +352,8 @@ def run_pipeline(
         settings={"teacher": ["teacher"], **settings},
         seeds=seeds,
     )
+    update_model_cards(models, summary, data_args)  # saved before the benchmark: their cards get its results now
+    return summary
 
 
 def _seed_runs(training_args, count: int) -> list[tuple[int, object]]:

@@ -51,16 +51,17 @@ def _number(value):
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as strict JSON (no bare NaN / Infinity: undefined figures become null) that appears at once.
+    """Write ``obj`` as strict JSON (no bare NaN / Infinity: undefined figures become null) that appears at once."""
+    write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False, default=_number) + "\n")
 
-    The text goes to a temporary file beside ``path`` that replaces it only when complete, so a reader never takes a
-    half-written file for a finished one.
-    """
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` at once: it goes to a temporary file beside ``path`` that replaces it only when
+    complete, so a reader never takes a half-written file for a finished one."""
     temporary = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(temporary, "x", encoding="utf-8") as handle:
-            json.dump(_strict(obj), handle, indent=2, allow_nan=False, default=_number)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -2,9 +2,9 @@
 
 The commands (``commands.py``) chain these helpers. Every training run goes through the same trainer classes (a
 teacher or a baseline student is a run whose only term is CE), writes its final model and tokenizer to its output
-folder, Trainer checkpoints to ``<output>/checkpoints`` and every logged value to
-``<output>/training_metrics.json`` (each evaluation with the task's metrics, :func:`task_metrics`); a causal-LM
-run with ``--predict_with_generate`` ends with validation by generation.
+folder, Trainer checkpoints to ``<output>/checkpoints``, every logged value to ``<output>/training_metrics.json``
+(each evaluation with the task's metrics, :func:`task_metrics`) and its model card to ``<output>/README.md``
+(``model_cards.py``); a causal-LM run with ``--predict_with_generate`` ends with validation by generation.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .data import (
 from .errors import InputError
 from .families import family_of
 from .guards import GracefulStop, TrainingInterrupted
+from .model_cards import describe_run, save_model_card
 from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_model
 from .reports import write_json
 from .students import MODEL_TYPE_OF_FAMILY, create_student
@@ -326,8 +327,10 @@ def train_model(
     training_args,
     output_dir: str,
     teacher_cache=None,
+    teacher_source: str | None = None,
 ) -> TrainedModel:
-    """One training run with the shared trainer; saves the final model, tokenizer and every logged value."""
+    """One training run with the shared trainer; saves the final model, tokenizer, every logged value and the model
+    card (``model_cards``), which names the teacher by ``teacher_source`` (unset: where ``teacher`` was loaded from)."""
     checkpoints = os.path.join(output_dir, CHECKPOINTS_DIR)
     args = with_overrides(training_args, output_dir=checkpoints)
     trainer_class = Seq2SeqDistillationTrainer if data.task == "seq2seq" else DistillationTrainer
@@ -373,6 +376,19 @@ def train_model(
     if trainer.is_world_process_zero():
         record = {"name": name, "final_metrics": metrics, "log_history": trainer.state.log_history}
         write_json(os.path.join(output_dir, TRAINING_METRICS_FILE), record)
+        run = describe_run(
+            name,
+            model,
+            training_args,
+            data,
+            teacher=teacher,
+            teacher_source=teacher_source,
+            teacher_cache=teacher_cache,
+            steps=trainer.state.global_step,
+            training_rows=len(train_dataset),
+            hub_model_id=trainer.hub_model_id,
+        )
+        save_model_card(output_dir, run, token=args.hub_token, revision=args.hub_revision)
     if stop.received is not None:  # the signal came at the very last step: finished and saved, but stop here
         raise TrainingInterrupted(stop.received, trainer.state.global_step, finished_in=output_dir)
     return TrainedModel(name, output_dir, metrics)

@@ -1,13 +1,18 @@
 """The command line: parsing, config files, clear one-line errors, and the commands end to end on tiny runs."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from helpers import TINY_RUN_FLAGS
+from huggingface_hub import ModelCard
 
 from seq2seq_distill.arguments import (
     BenchmarkArguments,
@@ -26,6 +31,18 @@ TINY_TEACHER = [*TINY_RUN_FLAGS, "--max_steps", "3"]
 
 def parse(command, *argv):
     return parse_command(COMMANDS[command], list(argv))
+
+
+def card_with_results(folder: Path, results: dict, name: str) -> ModelCard:
+    """The model card in ``folder``, checked against ``benchmark_results.json`` (``results``): its model-index holds
+    exactly the scalar quality figures the benchmark wrote for ``name``, and its body the verdict line."""
+    card = ModelCard.load(folder / "README.md")
+    quality = results["models"][name]["quality"]
+    expected = {key: value for key, value in quality.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    assert {result.metric_type: result.metric_value for result in card.data.eval_results} == expected, name
+    assert "distillation" in card.data.tags and card.data.library_name == "transformers", name
+    assert f"Verdict: {results['verdict']}" in card.text, name
+    return card
 
 
 def test_both_flag_spellings_and_training_flags_work():
@@ -244,6 +261,13 @@ def test_users_jsonl_and_headerless_csv_go_through_distill_and_benchmark(scratch
     results = json.loads((out / "benchmark_results.json").read_text())
     assert set(results["models"]) == {"teacher", "student"} and results["examples"] == 4  # 10% of 40 rows carved as test
     assert "report:" in capsys.readouterr().out
+    # Every saved model has a card; the benchmark added its results to the cards of the two it measured.
+    student = card_with_results(tmp_path / "from_csv", results, "student")
+    assert student.data.base_model == str(scratch_teacher) and "`kd_loss` × 0.5" in student.text
+    assert card_with_results(scratch_teacher, results, "teacher").data.base_model is None  # trained from scratch
+    not_benchmarked = ModelCard.load(tmp_path / "from_jsonl" / "README.md")
+    assert not_benchmarked.data.eval_results is None and not_benchmarked.data.base_model == str(scratch_teacher)
+    assert "3 optimizer steps" in not_benchmarked.text and f"local data at `{user_data / 'mine.jsonl'}`" in not_benchmarked.text
 
 
 def test_resume_from_a_checkpoint_that_does_not_exist(scratch_teacher, user_data, capsys, tmp_path):
@@ -282,6 +306,8 @@ def test_make_student_and_pseudo_label(scratch_teacher, user_data, tmp_path):
     )
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert config["num_layers"] == 1 and config["student_layer_map"] == {"encoder": [0], "decoder": [0]}
+    card = ModelCard.load(tmp_path / "student" / "README.md")
+    assert card.data.base_model == str(scratch_teacher) and "encoder [0]; decoder [0]" in card.text
     labelled = tmp_path / "labelled"
     assert (
         main(
@@ -314,22 +340,48 @@ def test_make_student_and_pseudo_label(scratch_teacher, user_data, tmp_path):
     assert relabelled["train"]["abstract"] != relabelled["train"]["original_abstract"]
 
 
-def test_pipeline_dry_run_on_the_embedded_default(tmp_path, capsys):
-    """The README's first command with --dry-run: every stage runs, every file appears."""
-    import time
-
-    start = time.perf_counter()
-    assert main(["pipeline", "--dry-run", "--output_dir", str(tmp_path / "run")]) == 0
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """The README's first command with --dry-run, run once for the tests that read its outputs."""
+    output = tmp_path_factory.mktemp("pipeline") / "run"
+    printed, start = io.StringIO(), time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        status = main(["pipeline", "--dry-run", "--output_dir", str(output)])
     elapsed = time.perf_counter() - start
-    root = tmp_path / "run-dry-run"
+    return SimpleNamespace(status=status, root=Path(f"{output}-dry-run"), out=printed.getvalue(), seconds=elapsed)
+
+
+def test_pipeline_dry_run_on_the_embedded_default(dry_run):
+    """The README's first command with --dry-run: every stage runs, every file appears."""
+    assert dry_run.status == 0
+    root = dry_run.root
     for name in ("teacher", "baseline", "distilled"):
         assert (root / name / "model.safetensors").exists() and (root / name / "training_metrics.json").exists()
         # students copied from the trained teacher too: the training value of use_cache leaks into none of them
         assert json.loads((root / name / "config.json").read_text())["use_cache"] is True, name
     report = root / "benchmark" / "benchmark_report.md"
-    out = capsys.readouterr().out
-    assert f"report: {report}" in out
-    assert elapsed < 60, f"dry run took {elapsed:.0f}s"
+    assert f"report: {report}" in dry_run.out
+    assert dry_run.seconds < 60, f"dry run took {dry_run.seconds:.0f}s"
+
+
+def test_every_model_of_the_pipeline_has_a_card_with_the_benchmarks_figures(dry_run):
+    """Cards written at saving time, then given the results of the benchmark that ran after all three trainings."""
+    assert dry_run.status == 0
+    root = dry_run.root
+    results = json.loads((root / "benchmark" / "benchmark_results.json").read_text())
+    temperature = parse("pipeline")[Seq2SeqDistillationTrainingArguments].temperature
+    for name in ("teacher", "baseline", "distilled"):
+        card = card_with_results(root / name, results, name)
+        steps = max(entry["step"] for entry in json.loads((root / name / "training_metrics.json").read_text())["log_history"])
+        assert f"{steps} optimizer steps" in card.text and "embedded Python standard-library docstrings" in card.text, name
+        if name == "teacher":
+            assert card.data.base_model is None and "trained from scratch" in card.text
+            continue
+        assert card.data.base_model == str(root / "teacher") and f"Teacher: `{root / 'teacher'}`" in card.text, name
+        assert "Layer map" in card.text, name
+    baseline, distilled = (ModelCard.load(root / name / "README.md").text for name in ("baseline", "distilled"))
+    assert "`ce_loss` × 1" in baseline and "kd_loss" not in baseline and "Temperature" not in baseline
+    assert "`kd_loss` ×" in distilled and f"Temperature: {temperature:g}" in distilled and "Transfer set: " in distilled
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from helpers import TINY_RUN_FLAGS, distillation_trainer, parameters_copy
+from huggingface_hub import ModelCard
 
 from seq2seq_distill import create_student
 from seq2seq_distill.arguments import DataArguments
@@ -161,6 +162,8 @@ def test_cli_distills_from_a_cache_without_loading_the_teacher(tmp_path, monkeyp
     assert loaded == [str(tmp_path / "student")]
     history = json.loads((tmp_path / "distilled" / "training_metrics.json").read_text())["log_history"]
     assert any("kd_loss" in entry for entry in history)
+    card = ModelCard.load(tmp_path / "distilled" / "README.md")  # the teacher is named from the cache's record of it
+    assert card.data.base_model == str(tmp_path / "teacher") and f"teacher cache `{tmp_path / 'cache'}`" in card.text
     assert main(["distill", "--teacher_cache", str(tmp_path / "cache"), *tiny, "--output_dir", str(tmp_path / "x")]) == 2
 
 
