@@ -44,13 +44,18 @@ BATCH, LENGTH = 4, 256
 STUDENT = dict(n_embd=256, n_layer=4, n_head=4)
 TEACHER = dict(n_embd=384, n_layer=6, n_head=6)
 RESULTS = Path(__file__).resolve().parent / "results"
+# The trainer settings of the steps compared: Hinton KD + CE, and TRL GKD's loss (generalized JSD, no CE).
+KD_SETTINGS = dict(ce_weight=0.5, kd_weight=0.5, temperature=2.0)
+GKD_SETTINGS = dict(ce_weight=0.0, kd_weight=1.0, divergence="generalized_jsd", divergence_beta=0.5, temperature=1.0)
+# Trainer arguments of both our trainers and TRL's: the same optimizer, no clipping; settings= override them.
+TRAINER_DEFAULTS = dict(report_to=[], use_cpu=True, learning_rate=1e-3, max_grad_norm=0.0)
 
 
-def model(shape: dict, seed: int, **config) -> GPT2LMHeadModel:
+def model(shape: dict, seed: int, vocab: int = VOCAB, length: int = LENGTH, **config) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=LENGTH,
+        vocab_size=vocab,
+        n_positions=length,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -84,28 +89,33 @@ def concentrate(teacher: GPT2LMHeadModel, inputs: dict, top_k: int, coverage: fl
         return mass(high)
 
 
-def batch(seed: int) -> dict:
+def batch(seed: int, vocab: int = VOCAB, batch_size: int = BATCH, length: int = LENGTH) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, VOCAB, (BATCH, LENGTH), generator=generator)
+    input_ids = torch.randint(5, vocab, (batch_size, length), generator=generator)
     labels = input_ids.clone()
-    labels[torch.rand(BATCH, LENGTH, generator=generator) < 0.1] = -100
+    labels[torch.rand(batch_size, length, generator=generator) < 0.1] = -100
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
-def tokenizer() -> PreTrainedTokenizerFast:
+def tokenizer(vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models
 
-    vocab = {f"t{i}": i for i in range(VOCAB)}
+    vocab = {f"t{i}": i for i in range(vocab_size)}
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), pad_token="t1", eos_token="t2"
     )
 
 
 def trainer_for(student, teacher, *, cache=None, trainer_class=DistillationTrainer, **settings) -> DistillationTrainer:
-    args = DistillationTrainingArguments(
-        output_dir="/tmp/distill_step_bench", report_to=[], use_cpu=True, learning_rate=1e-3, max_grad_norm=0.0, **settings
+    """A trainer ready to step; ``settings`` override the defaults (on a GPU: ``use_cpu=False, bf16=True``)."""
+    args = DistillationTrainingArguments(**{"output_dir": "/tmp/distill_step_bench", **TRAINER_DEFAULTS, **settings})
+    trainer = trainer_class(
+        model=student,
+        teacher_model=teacher,
+        teacher_cache=cache,
+        args=args,
+        processing_class=tokenizer(student.config.vocab_size),
     )
-    trainer = trainer_class(model=student, teacher_model=teacher, teacher_cache=cache, args=args, processing_class=tokenizer())
     return ready_to_step(trainer)
 
 
@@ -113,6 +123,10 @@ def ready_to_step(trainer):
     """What Trainer.train() sets up before its first training_step, for calling training_step directly."""
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1
+    if trainer.args.bf16 or trainer.args.fp16:
+        # train() gets autocast from accelerator.prepare(model), which patches model.forward in place; without it a
+        # "bf16" step would run the student in float32.
+        trainer.accelerator.prepare_model(trainer.model, device_placement=False)
     return trainer
 
 
@@ -135,16 +149,24 @@ def teacher_forward(teacher, inputs: dict):
     return run
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so that a clock read after a step measures the step and not its launch."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved_medians(steps: dict, warmup: int, repeats: int) -> dict[str, float]:
     """Median seconds of each step, timed in round-robin rounds so that machine drift hits all of them alike."""
     for run in steps.values():
         for _ in range(warmup):
             run()
+    synchronize()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, run in steps.items():
             start = time.perf_counter()
             run()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -177,8 +199,8 @@ def cached_inputs(teacher, inputs: dict, top_k: int, temperature: float) -> dict
     return {**inputs, CACHE_LOG_PROBS: values[mask], CACHE_INDICES: indices[mask]}
 
 
-def in_memory_cache(top_k: int, temperature: float) -> TeacherCache:
-    return TeacherCache("(in memory)", {"top_k": top_k, "temperature": temperature, "vocab_size": VOCAB}, {})
+def in_memory_cache(top_k: int, temperature: float, vocab: int = VOCAB) -> TeacherCache:
+    return TeacherCache("(in memory)", {"top_k": top_k, "temperature": temperature, "vocab_size": vocab}, {})
 
 
 @torch.no_grad()
@@ -217,8 +239,11 @@ def kl_gap(student, teacher, steps: int, top_k: int, temperature: float) -> dict
     return results
 
 
-def trl_gkd_trainer(student, teacher):
-    """TRL's GKDTrainer on the same models with equal settings (no on-policy sampling), or None without TRL."""
+def trl_gkd_trainer(student, teacher, **settings):
+    """TRL's GKDTrainer on the same models with equal settings (no on-policy sampling), or None without TRL.
+
+    ``settings`` override the Trainer defaults as in :func:`trainer_for`.
+    """
     try:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from datasets import Dataset
@@ -226,19 +251,64 @@ def trl_gkd_trainer(student, teacher):
     except ImportError:
         return None
     config = GKDConfig(
-        output_dir="/tmp/distill_step_bench_trl",
-        report_to=[],
-        use_cpu=True,
-        learning_rate=1e-3,
-        max_grad_norm=0.0,
+        **{"output_dir": "/tmp/distill_step_bench_trl", **TRAINER_DEFAULTS, **settings},
         lmbda=0.0,
         beta=0.5,
         seq_kd=False,
         dataset_kwargs={"skip_prepare_dataset": True},
     )
     dummy = Dataset.from_dict({"messages": [[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]]})
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=dummy, processing_class=tokenizer())
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=dummy,
+        processing_class=tokenizer(student.config.vocab_size),
+    )
     return ready_to_step(trainer)
+
+
+def step_ratios(student, teacher, inputs: dict, top_k: int, timing: dict, **settings) -> dict:
+    """Times of the student's CE step, the teacher's forward, our distillation step, the naive one and the cached
+    top-k step on one batch, and the ratios between them; ``settings`` as in :func:`trainer_for`."""
+    vocab = student.config.vocab_size
+    temperature = KD_SETTINGS["temperature"]
+    kd = {**KD_SETTINGS, **settings}
+    times = interleaved_medians(
+        {
+            "student_ce_step": training_step(
+                trainer_for(copy.deepcopy(student), None, **{**settings, "ce_weight": 1.0, "kd_weight": 0.0}), inputs
+            ),
+            "teacher_forward": teacher_forward(teacher, inputs),
+            "distill_step": training_step(trainer_for(copy.deepcopy(student), teacher, **kd), inputs),
+            "naive_distill_step": training_step(
+                trainer_for(copy.deepcopy(student), teacher, trainer_class=NaiveDistillationTrainer, **kd), inputs
+            ),
+            "cached_step": training_step(
+                trainer_for(copy.deepcopy(student), None, cache=in_memory_cache(top_k, temperature, vocab), **kd),
+                cached_inputs(teacher, inputs, top_k, temperature),
+            ),
+        },
+        **timing,
+    )
+    floor = times["teacher_forward"] + times["student_ce_step"]
+    return {
+        "times_s": times,
+        "overhead_ratio": times["distill_step"] / floor,
+        "naive_overhead_ratio": times["naive_distill_step"] / floor,
+        "cached_over_ce_step": times["cached_step"] / times["student_ce_step"],
+    }
+
+
+def trl_comparison(student, teacher, inputs: dict, timing: dict, **settings) -> dict:
+    """Our generalized-JSD step against TRL's GKDTrainer's at equal settings; ``trl_gkd_s`` is None without TRL."""
+    gkd = trl_gkd_trainer(copy.deepcopy(student), teacher, **settings)
+    steps = {"ours": training_step(trainer_for(copy.deepcopy(student), teacher, **{**GKD_SETTINGS, **settings}), inputs)}
+    if gkd is not None:
+        steps["trl"] = training_step(gkd, inputs)
+    measured = interleaved_medians(steps, **timing)
+    ours, trl = measured["ours"], measured.get("trl")
+    return {"ours_s": ours, "trl_gkd_s": trl, "ours_over_trl": ours / trl if trl else None}
 
 
 def memory_section(output: Path) -> dict:
@@ -273,7 +343,6 @@ def main() -> None:
         f"teacher's top-{args.top_k} tokens hold {100 * coverage:.0f}% of its mass"
     )
     timing = dict(warmup=args.warmup, repeats=args.repeats)
-    kd = dict(ce_weight=0.5, kd_weight=0.5, temperature=2.0)
     results: dict = {
         "settings": {
             "vocab": VOCAB,
@@ -288,26 +357,8 @@ def main() -> None:
         }
     }
 
-    times = interleaved_medians(
-        {
-            "student_ce_step": training_step(trainer_for(copy.deepcopy(student), None, ce_weight=1.0, kd_weight=0.0), inputs),
-            "teacher_forward": teacher_forward(teacher, inputs),
-            "distill_step": training_step(trainer_for(copy.deepcopy(student), teacher, **kd), inputs),
-            "naive_distill_step": training_step(
-                trainer_for(copy.deepcopy(student), teacher, trainer_class=NaiveDistillationTrainer, **kd), inputs
-            ),
-            "cached_step": training_step(
-                trainer_for(copy.deepcopy(student), None, cache=in_memory_cache(args.top_k, 2.0), **kd),
-                cached_inputs(teacher, inputs, args.top_k, 2.0),
-            ),
-        },
-        **timing,
-    )
-    floor = times["teacher_forward"] + times["student_ce_step"]
-    results["times_s"] = times
-    results["overhead_ratio"] = times["distill_step"] / floor
-    results["naive_overhead_ratio"] = times["naive_distill_step"] / floor
-    results["cached_over_ce_step"] = times["cached_step"] / times["student_ce_step"]
+    results.update(step_ratios(student, teacher, inputs, args.top_k, timing))
+    times = results["times_s"]
     print(
         f"student CE step {times['student_ce_step']:.3f}s  teacher forward {times['teacher_forward']:.3f}s  "
         f"distill step {times['distill_step']:.3f}s  naive {times['naive_distill_step']:.3f}s  cached {times['cached_step']:.3f}s"
@@ -323,14 +374,8 @@ def main() -> None:
     )
 
     if not args.skip_trl:
-        jsd = dict(ce_weight=0.0, kd_weight=1.0, divergence="generalized_jsd", divergence_beta=0.5, temperature=1.0)
-        gkd = trl_gkd_trainer(copy.deepcopy(student), teacher)
-        steps = {"ours": training_step(trainer_for(copy.deepcopy(student), teacher, **jsd), inputs)}
-        if gkd is not None:
-            steps["trl"] = training_step(gkd, inputs)
-        measured = interleaved_medians(steps, **timing)
-        ours, trl = measured["ours"], measured.get("trl")
-        results["trl"] = {"ours_s": ours, "trl_gkd_s": trl, "ours_over_trl": ours / trl if trl else None}
+        results["trl"] = trl_comparison(student, teacher, inputs, timing)
+        ours, trl = results["trl"]["ours_s"], results["trl"]["trl_gkd_s"]
         if trl is None:
             print("TRL is not installed: skipped the GKDTrainer comparison (pip install trl)")
         else:
