@@ -28,6 +28,7 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .errors import InputError
 from .losses import DIVERGENCES
+from .schedules import check_schedules, named_numbers, weight_peaks
 from .terms import PENALTY_WEIGHTS, PRIMARY_WEIGHTS, registered_terms
 
 HIDDEN_LOSSES = ("mse", "cosine")
@@ -71,6 +72,10 @@ class DistillationSettings:
         attention_loss (`str`, defaults to "kl"): kl or mse.
         encoder_layer_map / decoder_layer_map / layer_map (`list[int]`, optional): teacher layer per student layer.
         teacher_dtype (`str`, defaults to "auto"): the teacher's precision.
+        schedules (`list[str]`, optional): the temperature or weights that follow a schedule over optimizer steps,
+            as name=kind:start->end[,warmup=N] (``schedules.py``).
+        balance_terms (`list[str]`, optional) / balance_momentum (`float`, defaults to 0.9): terms weighed so that
+            their running magnitude is a set ratio of CE's, as term=ratio (``schedules.py``).
     """
 
     temperature: float = field(
@@ -234,6 +239,27 @@ class DistillationSettings:
             "module that calls register_term for the terms named in --term_weights."
         },
     )
+    schedules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Settings that follow a schedule over optimizer steps instead of their fixed value, as "
+            "name=kind:start->end[,warmup=N] (kind: constant (constant:V), linear, cosine; the value holds at start "
+            "for N steps, then moves to end by the last step), e.g. kd_weight=linear:0.1->0.9,warmup=10 "
+            "temperature=cosine:4->1 (or joined with ';'). Names: temperature, any term weight, a registered term. "
+            "In a config file also a mapping {name: 'kind:start->end'}. Logged at each logging step."
+        },
+    )
+    balance_terms: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Automatic balancing, as term=ratio (e.g. kd_loss=1.0): the term is weighed by "
+            "ratio * EMA(|ce_loss|) / EMA(|term|) over past optimizer steps, so its running magnitude is ratio times "
+            "CE's; its own weight weighs the first step. Off by default."
+        },
+    )
+    balance_momentum: float = field(
+        default=0.9, metadata={"help": "Momentum of the running magnitudes of --balance_terms, in [0, 1)."}
+    )
 
     def __post_init__(self) -> None:
         # Checked before TrainingArguments does its heavier setup, so a bad flag fails at once.
@@ -246,6 +272,11 @@ class DistillationSettings:
     def extra_term_weights(self) -> dict[str, float]:
         """The weights of registered terms, by term name (from ``term_weights``)."""
         return parse_term_weights(self.term_weights)
+
+    @property
+    def scheduled_weight_peaks(self) -> dict[str, float]:
+        """{weight setting: the largest value of its schedule} (``schedules.py``): the plan turns terms on from it."""
+        return weight_peaks(self.schedules)
 
     def validate_distillation_settings(self) -> None:
         import_term_modules(self.term_modules)
@@ -262,7 +293,13 @@ class DistillationSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if all(getattr(self, name) == 0 for name in WEIGHT_NAMES) and not any(extra.values()):
+        self.schedules, self.balance_terms = check_schedules(self)  # one written form each, like term_weights
+        peaks = self.scheduled_weight_peaks  # a scheduled weight is on when its schedule rises above 0
+
+        def peak(name: str) -> float:
+            return peaks.get(name, getattr(self, name))
+
+        if all(peak(name) == 0 for name in WEIGHT_NAMES) and not any({**extra, **peaks}.values()):
             raise InputError("every loss weight is 0, so nothing would be trained; set --ce_weight or --kd_weight > 0")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise InputError(f"temperature must be > 0, got {self.temperature!r}")
@@ -291,8 +328,8 @@ class DistillationSettings:
         for name in ("pg_max_new_tokens", "on_policy_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        penalties = [name for name in PENALTY_WEIGHTS if getattr(self, name)]
-        if penalties and not self.policy_gradient_weight:
+        penalties = [name for name in PENALTY_WEIGHTS if peak(name)]
+        if penalties and not peak("policy_gradient_weight"):
             raise InputError(
                 f"{', '.join(penalties)} apply to policy-gradient samples; set --policy_gradient_weight > 0 or drop them"
             )
@@ -309,20 +346,7 @@ class DistillationSettings:
 
 def parse_term_weights(values) -> dict[str, float]:
     """``["name=0.5", ...]`` (flags, config lists) or ``{"name": 0.5}`` (Python, config mappings) -> {name: weight}."""
-    if not values:
-        return {}
-    items = values.items() if isinstance(values, dict) else (str(item).partition("=")[::2] for item in values)
-    weights = {}
-    for name, value in items:
-        name = str(name).strip()
-        try:
-            weight = float(value)
-        except (TypeError, ValueError):
-            weight = float("nan")
-        if not name or not math.isfinite(weight) or weight < 0:
-            raise InputError(f"term_weights entry {name}={value!r} must be name=weight with a finite weight >= 0")
-        weights[name] = weight
-    return weights
+    return named_numbers(values, "term_weights", "name=weight with a finite weight >= 0", lambda weight: weight >= 0)
 
 
 def import_term_modules(modules) -> None:

@@ -54,6 +54,10 @@ TRAINING_TEMPLATE_KEYS = (
 )
 
 
+# List settings of name=value entries, which a config file may also give as a mapping {name: value}.
+NAME_VALUE_LISTS = ("term_weights", "schedules", "balance_terms")
+
+
 # ---- reading ---------------------------------------------------------------------------------------------------
 
 
@@ -107,7 +111,7 @@ def _convert(key: str, value, action):
     if value is None:
         return None
     if action.nargs == "+":
-        if key == "term_weights" and isinstance(value, dict):  # term_weights: {name: weight} reads naturally in YAML
+        if key in NAME_VALUE_LISTS and isinstance(value, dict):  # term_weights: {name: weight} reads naturally in YAML
             value = [f"{name}={weight}" for name, weight in value.items()]
         items = value if isinstance(value, list) else [value]
         return [_convert_scalar(key, item, action) for item in items]

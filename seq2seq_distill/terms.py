@@ -154,6 +154,13 @@ def weight_of(term: Term, settings) -> float:
     return float(getattr(settings, term.weight, 0.0) or 0.0)
 
 
+def peak_weight_of(term: Term, settings) -> float:
+    """The largest weight ``term`` gets over the run: its schedule's peak when its weight follows one (the settings'
+    ``scheduled_weight_peaks``), else its weight. Plans read it, so a weight that starts at 0 and rises is on."""
+    peaks = getattr(settings, "scheduled_weight_peaks", None) or {}
+    return float(peaks[term.weight]) if term.weight in peaks else weight_of(term, settings)
+
+
 @dataclass(frozen=True)
 class TermPlan:
     """The terms a run computes: those with a weight above 0 (penalties only with the policy-gradient term)."""
@@ -206,12 +213,12 @@ class TermPlan:
 
 
 def plan_terms(settings) -> TermPlan:
-    """The plan of a run's settings: every term of the table whose weight is above 0."""
-    policy_gradient = weight_of(TERMS_BY_NAME["pg_loss"], settings) > 0
+    """The plan of a run's settings: every term of the table whose weight (or its schedule's peak) is above 0."""
+    policy_gradient = peak_weight_of(TERMS_BY_NAME["pg_loss"], settings) > 0
     terms = tuple(
         term
         for term in all_terms()
-        if weight_of(term, settings) > 0 and (term.group != "policy" or term.name == "pg_loss" or policy_gradient)
+        if peak_weight_of(term, settings) > 0 and (term.group != "policy" or term.name == "pg_loss" or policy_gradient)
     )
     return TermPlan(terms, on_policy=float(getattr(settings, "on_policy_fraction", 0.0) or 0.0) > 0)
 
@@ -219,7 +226,7 @@ def plan_terms(settings) -> TermPlan:
 def ce_only_settings() -> dict:
     """The setting values of a run without a teacher: CE at 1, every other term and on-policy sampling off."""
     values: dict = {term.weight: 0.0 for term in BUILT_IN_TERMS}
-    values.update(ce_weight=1.0, on_policy_fraction=0.0, term_weights=None)
+    values.update(ce_weight=1.0, on_policy_fraction=0.0, term_weights=None, schedules=None, balance_terms=None)
     return values
 
 
@@ -229,7 +236,7 @@ def describe_weights(settings, need: str) -> list[str]:
     for term in plan_terms(settings).terms:
         if need in term.needs:
             setting = f"term_weights[{term.name}]" if term.registered else term.weight
-            described.append(f"{setting} = {weight_of(term, settings):g}")
+            described.append(f"{setting} = {peak_weight_of(term, settings):g}")
     return described
 
 
@@ -239,6 +246,7 @@ __all__ = [
     "TermInputs",
     "TermPlan",
     "ce_only_settings",
+    "peak_weight_of",
     "plan_terms",
     "register_term",
     "registered_terms",

@@ -51,6 +51,7 @@ from .modeling import (
 )
 from .placement import shard_teacher
 from .policy import PG_SAMPLES, PolicyDistillation, StepClock
+from .schedules import attach_schedules, check_cache_temperature, observe_step, scheduled_logs
 from .teacher_cache import CACHE_COLUMNS, CACHE_INDICES, CACHE_LOG_PROBS
 from .terms import StepPositions, TermInputs, TermPlan, describe_weights, plan_terms, weight_of
 
@@ -84,7 +85,8 @@ class DistillationMixin:
         model = kwargs.get("model", args[0] if args else None)
         self._inference_use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         super().__init__(*args, **kwargs)
-        self.distillation = DistillationSettings.from_arguments(self.args)
+        # Scheduled and balanced weights and temperature are read through this one object (schedules.py).
+        self.distillation = attach_schedules(self, DistillationSettings.from_arguments(self.args))
         self.plan = plan_terms(self.distillation)
         student = self.accelerator.unwrap_model(self.model)
         self.task = task_of_model(student)
@@ -272,6 +274,7 @@ class DistillationMixin:
             terms.update({name: value.detach() for name, value in policy_terms.items()})
         if training:
             loss = self._stop_or_skip_nonfinite(model, loss, terms)
+            observe_step(self.distillation, terms)
         self._record_terms(terms, "train" if training else "eval")
         if not return_outputs:
             return loss
@@ -458,6 +461,8 @@ class DistillationMixin:
             logs.update({prefix + name: round(float(value), 6) for name, value in zip(names, values, strict=True)})
             self._term_sums[mode] = defaultdict(float)
             self._term_steps[mode] = set() if mode == "train" else 0
+        if mode == "train":
+            logs.update(scheduled_logs(self.distillation))  # the scheduled and balanced values the step trained with
         super().log(logs, *args, **kwargs)
 
 
@@ -467,6 +472,7 @@ def check_plan(plan: TermPlan, task: str, teacher_model, teacher_cache, settings
         # A cached teacher replaces the live one for the KD term only; it has no hidden states or attentions.
         if teacher_model is not None:
             raise InputError("pass either teacher_model or teacher_cache, not both")
+        check_cache_temperature(settings)
         live = [entry for entry in describe_weights(settings, "teacher") if not entry.startswith("kd_weight")]
         if live:
             raise InputError(
