@@ -35,6 +35,7 @@ from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, re
 from .processes import default_device, is_main_process
 from .students import check_student_plan, student_config
 from .teacher_cache import build_teacher_cache, load_teacher_cache
+from .trainer import check_cross_tokenizer_plan
 from .training import (
     TRAINING_METRICS_FILE,
     TrainedModel,
@@ -120,7 +121,14 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
     check_student_plan(model_args, training_args, config, task)
-    teacher, teacher_tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
+
+    def check_student_tokenizer(teacher_tokenizer):
+        # A student with a tokenizer of its own changes which terms can run: known before any text is tokenized.
+        check_cross_tokenizer_plan(task, training_args, own_student_tokenizer(model_args, teacher_tokenizer) is not None)
+
+    teacher, teacher_tokenizer, data = load_teacher_and_tokenizer(
+        model_args, task, config, raw, data_args, training_args.seed, check_tokenizer=check_student_tokenizer
+    )
     tokenizer, data = student_tokenizer_and_data(model_args, teacher_tokenizer, data, data_args)
     student = build_student(teacher, model_args, training_args)
     return train_model(run_name(training_args), student, teacher, data, tokenizer, training_args, training_args.output_dir)

@@ -202,14 +202,15 @@ def _family_key(config) -> str:
 def _check_student_against_teacher(student_config, teacher_config, task: str, training_args) -> None:
     student_type, teacher_type = student_config.model_type, teacher_config.model_type
     other_family = _family_key(student_config) != _family_key(teacher_config)
-    if student_type in supported_model_types() and other_family and task == "classification":
-        # Classifiers of two families share their labels: logit KD works, feature terms have no layers to pair.
+    if student_type in supported_model_types() and other_family:
+        # Two families share the labels (classification) or the target text (seq2seq, causal LM: the span terms, or
+        # logit KD where the student was given the teacher's tokenizer); feature terms have no layers to pair.
         on = [entry for need in ("hidden_states", "attentions", "qkv") for entry in describe_weights(training_args, need)]
         if on:
             raise InputError(
                 f"{', '.join(dict.fromkeys(on))}: feature terms pair the layers of one model family, and --student is a "
-                f"{student_type!r} model, the teacher a {teacher_type!r} one; set them to 0 (logit KD works across "
-                "families for classification)"
+                f"{student_type!r} model, the teacher a {teacher_type!r} one; set them to 0 (across families: logit KD "
+                "for classification, --uld_weight / --matched_kl_weight for seq2seq and causal LMs)"
             )
         return
     if student_type not in supported_model_types() or other_family:

@@ -217,9 +217,17 @@ def _generation_metrics(tokenizer):
 
 
 def load_teacher_and_tokenizer(
-    model_args: ModelArguments, task: str, config, raw: DatasetDict, data_args: DataArguments, seed: int = 42
+    model_args: ModelArguments,
+    task: str,
+    config,
+    raw: DatasetDict,
+    data_args: DataArguments,
+    seed: int = 42,
+    check_tokenizer=None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreparedData]:
     """Tokenizer, tokenized data, then the teacher with the data's label names (for an untrained head).
+
+    ``check_tokenizer(tokenizer)``: checks that need the teacher's tokenizer, run before any text is tokenized.
 
     A head the checkpoint lacks (a sentence encoder used as a classifier) is initialized from ``seed``, not from
     whatever the process's random state happens to be, so two runs with the same flags start from the same teacher.
@@ -235,6 +243,8 @@ def load_teacher_and_tokenizer(
         else flag
     )
     tokenizer = load_tokenizer(tokenizer_source, flag=tokenizer_flag, trust_remote_code=model_args.trust_remote_code)
+    if check_tokenizer is not None:
+        check_tokenizer(tokenizer)
     known_labels = has_trained_labels(config) if task == "classification" else None
     data = prepare_data(raw, tokenizer, task, data_args, known_labels)
     overrides = {} if known_labels else label_overrides(task, data.label_names)
