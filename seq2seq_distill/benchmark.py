@@ -1,10 +1,11 @@
 """Is the student worth it? Teacher and students side by side: quality, agreement with the teacher, speed and size.
 
 Every model is measured the same way on the same device, one after the other: the same split (evaluated in
-length-sorted batches to waste less padding), the same tokenizer and the same generation settings (taken once from
-the teacher's generation config unless flags set them). Timings exclude warm-up runs. Outputs, in the output folder:
-``benchmark_results.json``, ``comparison_table.csv``, ``benchmark_report.md`` (first line: the verdict),
-``sample_predictions.md``, ``quality_vs_latency.png`` and, when training logs are at hand, ``training_curves.png``.
+length-sorted batches to waste less padding), the same tokenizer (or each its own, from the same texts) and the same
+generation settings (taken once from the teacher's generation config unless flags set them). Timings exclude warm-up
+runs. Outputs, in the output folder: ``benchmark_results.json``, ``comparison_table.csv``, ``benchmark_report.md``
+(first line: the verdict), ``sample_predictions.md``, ``quality_vs_latency.png`` and, when training logs are at
+hand, ``training_curves.png``.
 
 Seed runs of one setting (``pipeline --seeds``, ``benchmark --model_groups``) are measured one by one as well, then
 summed up per setting: the mean and spread of each quality figure, the median of the cost figures, and the A/B rule
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .arguments import BenchmarkArguments
-from .data import PreparedData, collator_for
+from .data import PreparedData, collator_for, same_tokenizer
 from .errors import InputError
 from .inference import EvaluationSet, TaskRunner, batches, evaluation_set, predict_in_batches
 from .metrics import bleu_scores, classification_scores, generation_length, perplexity, prediction_agreement, rouge_scores
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 MAIN_METRIC = {"seq2seq": "rougeL", "classification": "accuracy", "causal_lm": "perplexity"}
 LOWER_IS_BETTER = {"perplexity", "kl_to_teacher"}
+TOKEN_AGREEMENT = ("kl_to_teacher", "top1_agreement")  # per token under teacher forcing: one vocabulary only
 MIN_RELIABLE_TIMINGS = 10  # fewer latency timings than this per model: the verdict states no speed-up ratio
 BASELINE_SETTING = "baseline"  # the CE-only student: the setting the verdict compares every other student with
 
@@ -168,8 +170,13 @@ def evaluate_model(
     args: BenchmarkArguments,
     device: torch.device,
     trust_remote_code: bool = False,
+    teacher_tokens: bool = True,
 ) -> ModelResult:
-    """Quality on the whole split, throughput at the batch size, latency at batch size 1, size and peak memory."""
+    """Quality on the whole split, throughput at the batch size, latency at batch size 1, size and peak memory.
+
+    ``teacher_tokens``: whether the model reads the teacher's tokenizer. A causal LM that does not gets no perplexity
+    (NaN: JSON null, "n/a"): a figure per token of another vocabulary is not the teacher's figure.
+    """
     result = ModelResult(name, path)
     with peak_memory(device) as memory:
         model = load_model(path, data.task, flag="--models", trust_remote_code=trust_remote_code).to(device).eval()
@@ -183,7 +190,7 @@ def evaluate_model(
         )
         generated_tokens, elapsed = sum(counts), stopwatch.seconds
         latencies, latency_tokens = _latencies(runner, evaluation, args, device)
-    result.quality = _quality(data, evaluation, result.predictions, counts, model, tokenizer, device, args)
+    result.quality = _quality(data, evaluation, result.predictions, counts, model, tokenizer, device, args, teacher_tokens)
     result.cost = {
         **parameter_counts(model),
         "size_on_disk_mb": size_on_disk_mb(model),
@@ -232,7 +239,7 @@ def _latencies(runner: TaskRunner, evaluation: EvaluationSet, args: BenchmarkArg
     return timings, tokens
 
 
-def _quality(data, evaluation, predictions, counts, model, tokenizer, device, args) -> dict:
+def _quality(data, evaluation, predictions, counts, model, tokenizer, device, args, teacher_tokens: bool = True) -> dict:
     if data.task == "classification":  # scored on the labelled rows (-100 marks a row without a label)
         labelled = [
             (prediction, label) for prediction, label in zip(predictions, evaluation.references, strict=True) if label >= 0
@@ -240,7 +247,7 @@ def _quality(data, evaluation, predictions, counts, model, tokenizer, device, ar
         return classification_scores([p for p, _ in labelled], [label for _, label in labelled], data.label_names)
     quality = {}
     if data.task == "causal_lm":
-        quality["perplexity"] = _perplexity(model, tokenizer, data, evaluation, device, args)
+        quality["perplexity"] = _perplexity(model, tokenizer, data, evaluation, device, args) if teacher_tokens else math.nan
     if all(reference is not None for reference in evaluation.references):
         texts = [prediction or "" for prediction in predictions]
         quality.update(rouge_scores(texts, evaluation.references))
@@ -394,8 +401,11 @@ def run_benchmark(
 ) -> dict:
     """Measure every model, compare the students with the teacher, and write the reports.
 
-    ``readers``: {name: (tokenizer, data)} of classifiers whose tokenizer is not ``tokenizer``; each reads the same
-    rows with its own, and agreement with the teacher is measured on the labels (:func:`label_agreement`).
+    ``readers``: {name: (tokenizer, data)} of models whose tokenizer is not ``tokenizer``; each reads the same rows
+    with its own. Classifiers are compared with the teacher on the labels (:func:`label_agreement`); generation
+    models on text (ROUGE, BLEU of each one's decoded outputs), while their token-level figures (perplexity, KL and
+    top-1 agreement per token) are NaN (JSON null, "n/a") wherever a model's tokenizer is not the teacher's, and the
+    speed-up divides the time per example, not per token of vocabularies that differ.
 
     ``settings``: {setting: names of its models}, the seed runs of one setting (unset: a setting per model); each
     setting is reported as the mean and spread of its runs' quality and the median of their speed and size, and the
@@ -422,18 +432,42 @@ def run_benchmark(
             "with --benchmark_split"
         )
     generation = resolve_generation(models[teacher_name], data.task, args, args.max_new_tokens or max_target_length)
+    # Token-level figures (perplexity, KL and top-1 agreement per token) are defined between models of one vocabulary.
+    teacher_tokens = {name: same_tokenizer(tokenizers[name], tokenizers[teacher_name]) for name in models}
+    per_token = data.task != "classification" and all(teacher_tokens.values())
     results = {
-        name: evaluate_model(name, path, data, evaluations[name], tokenizers[name], generation, args, device, trust_remote_code)
+        name: evaluate_model(
+            name,
+            path,
+            data,
+            evaluations[name],
+            tokenizers[name],
+            generation,
+            args,
+            device,
+            trust_remote_code,
+            teacher_tokens=teacher_tokens[name],
+        )
         for name, path in models.items()
     }
     students = {name: path for name, path in models.items() if name != teacher_name}
     if students:
-        if readers:
+        if readers and data.task == "classification":
             agreement = label_agreement(models, teacher_name, data.task, evaluations, tokenizers, args, device, trust_remote_code)
-        else:
-            agreement = teacher_agreement(
-                models[teacher_name], students, data, evaluation, tokenizer, args, device, trust_remote_code
-            )
+        else:  # token-level figures: of the students that read the teacher's tokens, undefined (NaN) for the others
+            same = {name: path for name, path in students.items() if teacher_tokens[name]}
+            agreement = {name: dict.fromkeys(TOKEN_AGREEMENT, math.nan) for name in students if not teacher_tokens[name]}
+            if same:
+                agreement |= teacher_agreement(
+                    models[teacher_name],
+                    same,
+                    data,
+                    evaluations[teacher_name],
+                    tokenizers[teacher_name],
+                    args,
+                    device,
+                    trust_remote_code,
+                )
         for name, values in agreement.items():
             results[name].quality.update(values)
             if data.task == "classification":
@@ -441,12 +475,16 @@ def run_benchmark(
                     results[name].predictions, results[teacher_name].predictions
                 )
     main_metric = MAIN_METRIC[data.task]
+    if data.task == "causal_lm" and not all(teacher_tokens.values()) and "rougeL" in results[teacher_name].quality:
+        main_metric = "rougeL"  # tokenizer-free: the completions compared as text
     if main_metric not in results[teacher_name].quality:
         main_metric = "perplexity" if data.task == "causal_lm" else next(iter(results[teacher_name].quality))
     for result in results.values():
-        result.versus_teacher = compare_with_teacher(result, results[teacher_name], main_metric)
+        result.versus_teacher = compare_with_teacher(result, results[teacher_name], main_metric, per_token=per_token)
     setting_results = {
-        setting: setting_result(setting, [results[name] for name in names], results[teacher_name], main_metric)
+        setting: setting_result(
+            setting, [results[name] for name in names], results[teacher_name], main_metric, per_token=per_token
+        )
         for setting, names in settings.items()
     }
     teacher_setting = next(setting for setting, names in settings.items() if teacher_name in names)
@@ -459,6 +497,9 @@ def run_benchmark(
         "task": data.task,
         "split": args.benchmark_split,
         "examples": len(evaluation.features),
+        # Whether each model reads the teacher's tokenizer; a generation model that does not has null figures per token
+        "teacher_tokenizer": teacher_tokens,
+        "speedup_per_token": per_token,
         "settings": {"benchmark": asdict(args), "generation": generation},
         "environment": environment(device),
         "models": {name: {k: v for k, v in asdict(result).items() if k != "predictions"} for name, result in results.items()},
@@ -471,9 +512,15 @@ def run_benchmark(
     return summary
 
 
-def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric: str) -> dict:
-    """Speed-up, compression and quality retained; for lower-is-better metrics retained = teacher / student."""
+def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric: str, per_token: bool | None = None) -> dict:
+    """Speed-up, compression and quality retained; for lower-is-better metrics retained = teacher / student.
+
+    ``per_token``: whether the speed-up divides the time per generated token (unset: wherever the models generate).
+    Models with different tokenizers generate tokens of different sizes, so across them it divides per example.
+    """
     cost, teacher_cost = result.cost, teacher.cost
+    if per_token is None:
+        per_token = "latency_per_token_p50_ms" in cost
     retained = {}
     for metric, value in result.quality.items():
         reference = teacher.quality.get(metric)
@@ -483,13 +530,14 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
             retained[metric] = 100.0 * reference / value if value else float("nan")
         else:
             retained[metric] = 100.0 * value / reference if reference else float("nan")
-    note = None if result is teacher else speedup_reliability(cost, teacher_cost, result.name, teacher.name)
+    note = None if result is teacher else speedup_reliability(cost, teacher_cost, result.name, teacher.name, per_token)
     return {
-        # Generation: the same work is a token, so speed compares the median time per generated token; classification:
-        # the median time per example. Both are the figures speedup_reliability checks.
+        # Generation with one tokenizer: the same work is a token, so speed compares the median time per generated
+        # token; classification, or tokenizers that differ: the median time per example. Both are the figures
+        # speedup_reliability checks.
         "speedup_latency": (
             teacher_cost["latency_per_token_p50_ms"] / cost["latency_per_token_p50_ms"]
-            if "latency_per_token_p50_ms" in cost
+            if per_token
             else teacher_cost["latency_p50_ms"] / cost["latency_p50_ms"]
         ),
         "speedup_throughput": cost["examples_per_second"] / teacher_cost["examples_per_second"],
@@ -502,12 +550,15 @@ def compare_with_teacher(result: ModelResult, teacher: ModelResult, main_metric:
     }
 
 
-def speedup_reliability(cost: dict, teacher_cost: dict, name: str = "model", teacher_name: str = "teacher") -> str | None:
+def speedup_reliability(
+    cost: dict, teacher_cost: dict, name: str = "model", teacher_name: str = "teacher", per_token: bool | None = None
+) -> str | None:
     """Why the latency speed-up of ``cost`` over ``teacher_cost`` is not a meaningful ratio, or None when it is.
 
     The rule: each model has at least ``MIN_RELIABLE_TIMINGS`` timings, and the two p50..p95 latency ranges do not
     overlap (the faster model's p95 is below the slower model's p50), on the figure the speed-up divides: per
-    generated token for generation, per example for classification. Where they overlap, the difference between the
+    generated token for generation with one tokenizer (``per_token``; unset: wherever the models generate), per
+    example for classification and across tokenizers. Where they overlap, the difference between the
     models is within the spread of either one's timings and a ratio such as 1.1x or 0.9x says nothing.
     """
     for model_name, figures in ((teacher_name, teacher_cost), (name, cost)):
@@ -516,8 +567,9 @@ def speedup_reliability(cost: dict, teacher_cost: dict, name: str = "model", tea
                 f"only {figures['latency_timings']} timings of {model_name}; raise --latency_min_timings to "
                 f"{MIN_RELIABLE_TIMINGS} or more"
             )
-    generation = "generated_tokens_per_second" in cost
-    prefix, unit = ("latency_per_token", "ms/token") if generation else ("latency", "ms")
+    if per_token is None:
+        per_token = "generated_tokens_per_second" in cost
+    prefix, unit = ("latency_per_token", "ms/token") if per_token else ("latency", "ms")
     ranges = {
         model_name: (figures[f"{prefix}_p50_ms"], figures[f"{prefix}_p95_ms"])
         for model_name, figures in ((teacher_name, teacher_cost), (name, cost))
@@ -540,7 +592,7 @@ def make_verdict(
     for name in sorted(results, key=lambda name: name not in versus_baseline):  # the A/B first, then model order
         if name == teacher_name:
             continue
-        keeps = _keeps(results[name].versus_teacher, label)
+        keeps = _keeps(results[name].versus_teacher, label, results[name].quality.get(main_metric))
         comparison = versus_baseline.get(name)
         if comparison is None:
             parts.append(f"{name} {keeps}")
@@ -551,9 +603,14 @@ def make_verdict(
     return "; ".join(parts) if parts else f"{teacher_name}: {label} {results[teacher_name].quality[main_metric]:.2f}"
 
 
-def _keeps(versus: dict, label: str) -> str:
+def _keeps(versus: dict, label: str, figure=None) -> str:
+    """``figure``: the model's own main metric; not finite, it is what leaves the retained share undefined (e.g. a
+    perplexity per token of another tokenizer's vocabulary), else the teacher's score of 0 is."""
     retained = versus["quality_retained"]
-    kept = f"{retained:.1f}%" if retained == retained else "n/a (the teacher scores 0)"
+    undefined = "n/a (the teacher scores 0)"
+    if isinstance(figure, float) and not math.isfinite(figure):
+        undefined = f"n/a (its {label} is not defined)"
+    kept = f"{retained:.1f}%" if retained == retained else undefined
     size = f"{100 * versus['size_fraction']:.0f}% of the size"
     if versus.get("speedup_note"):  # no ratio where the timings cannot support one
         return f"keeps {kept} of the teacher's {label} at {size} (speed-up not measured reliably: {versus['speedup_note']})"
@@ -646,7 +703,9 @@ def check_settings(settings: dict[str, list[str]] | None, names: list[str], teac
     return settings
 
 
-def setting_result(name: str, runs: list[ModelResult], teacher: ModelResult, main_metric: str) -> ModelResult:
+def setting_result(
+    name: str, runs: list[ModelResult], teacher: ModelResult, main_metric: str, per_token: bool | None = None
+) -> ModelResult:
     """One setting's figures from its seed runs: the mean of every quality metric, the median of every cost figure
     (the runs share an architecture: their speed differs by timing noise only), the fewest timings of any run (for
     the speed-up reliability rule), and its comparison with the teacher. One run: that run's own figures."""
@@ -666,7 +725,7 @@ def setting_result(name: str, runs: list[ModelResult], teacher: ModelResult, mai
         finite = [value for value in values if math.isfinite(value)]
         cost[key] = min(values) if key == "latency_timings" else statistics.median(finite) if finite else float("nan")
     result = ModelResult(name, runs[0].path, quality, cost)
-    result.versus_teacher = compare_with_teacher(result, teacher, main_metric)
+    result.versus_teacher = compare_with_teacher(result, teacher, main_metric, per_token=per_token)
     return result
 
 

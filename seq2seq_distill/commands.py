@@ -35,6 +35,7 @@ from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, re
 from .processes import default_device, is_main_process
 from .students import check_student_plan, student_config
 from .teacher_cache import build_teacher_cache, load_teacher_cache
+from .terms import plan_terms
 from .trainer import check_cross_tokenizer_plan
 from .training import (
     TRAINING_METRICS_FILE,
@@ -121,17 +122,24 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
     check_student_plan(model_args, training_args, config, task)
+    reads_teacher = plan_terms(training_args).needs_teacher
 
     def check_student_tokenizer(teacher_tokenizer):
         # A student with a tokenizer of its own changes which terms can run: known before any text is tokenized.
-        check_cross_tokenizer_plan(task, training_args, own_student_tokenizer(model_args, teacher_tokenizer) is not None)
+        own = reads_teacher and own_student_tokenizer(model_args, teacher_tokenizer) is not None
+        check_cross_tokenizer_plan(task, training_args, own)
 
     teacher, teacher_tokenizer, data = load_teacher_and_tokenizer(
         model_args, task, config, raw, data_args, training_args.seed, check_tokenizer=check_student_tokenizer
     )
-    tokenizer, data = student_tokenizer_and_data(model_args, teacher_tokenizer, data, data_args)
+    tokenizer, data = student_tokenizer_and_data(
+        model_args, teacher_tokenizer, data, data_args, teacher_reads_inputs=reads_teacher
+    )
     student = build_student(teacher, model_args, training_args)
-    return train_model(run_name(training_args), student, teacher, data, tokenizer, training_args, training_args.output_dir)
+    # No term runs the teacher (CE only, e.g. on its pseudo-labels): the trainer gets none, as a baseline's does, so
+    # a student of another family or tokenizer is not checked against a teacher it never meets.
+    live_teacher = teacher if reads_teacher else None
+    return train_model(run_name(training_args), student, live_teacher, data, tokenizer, training_args, training_args.output_dir)
 
 
 def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
@@ -231,7 +239,9 @@ def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
 
 
 def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args: BenchmarkArguments) -> dict:
-    """``seq2seq-distill benchmark --models A B C``: same data, tokenizer and generation settings for all."""
+    """``seq2seq-distill benchmark --models A B C``: same data and generation settings for all; a model whose
+    folder holds a tokenizer of its own reads and decodes with it, the others with the first model's (or
+    --custom_tokenizer_local_path)."""
     from .benchmark import run_benchmark  # its metrics (nltk) take a second to import: only the commands that measure
 
     named = args.named_models()
@@ -245,7 +255,7 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
     tokenizer = load_tokenizer(
         model_args.custom_tokenizer_local_path or paths[0], flag="--models", trust_remote_code=model_args.trust_remote_code
     )
-    own = _own_tokenizers(tokenizer, paths, names, task, model_args.trust_remote_code)
+    own = _own_tokenizers(tokenizer, paths, names, model_args.trust_remote_code)
     known_labels = has_trained_labels(configs[0]) if task == "classification" else None
     raw = load_raw_splits(data_args, task, evaluates=args.benchmark_split == "validation", known_labels=known_labels)
     data = prepare_data(raw, tokenizer, task, data_args, known_labels)
@@ -269,23 +279,17 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
     return summary
 
 
-def _own_tokenizers(tokenizer, paths: list[str], names: list[str], task: str, trust_remote_code: bool = False) -> dict:
-    """{name: tokenizer} of the models whose folder holds a tokenizer other than ``tokenizer`` (classification only:
-    each classifier reads the texts with its own; generated tokens of different tokenizers are not comparable)."""
+def _own_tokenizers(tokenizer, paths: list[str], names: list[str], trust_remote_code: bool = False) -> dict:
+    """{name: tokenizer} of the models whose folder holds a tokenizer other than ``tokenizer``: each model reads the
+    same texts with its own and decodes its outputs with it (the benchmark then marks the token-level figures of
+    a model whose vocabulary is not the teacher's as undefined)."""
     own = {}
     for name, path in zip(names, paths, strict=True):
         if not has_tokenizer(path):
             continue
         other = load_tokenizer(path, flag="--models", trust_remote_code=trust_remote_code)
-        if same_tokenizer(other, tokenizer):
-            continue
-        if task != "classification":
-            raise InputError(
-                f"model {name!r} has a different tokenizer ({len(other)} tokens vs {len(tokenizer)}); benchmark {task} "
-                "models that share one tokenizer (classifiers may differ), or pass --custom_tokenizer_local_path if "
-                "only the files differ"
-            )
-        own[name] = other
+        if not same_tokenizer(other, tokenizer):
+            own[name] = other
     return own
 
 

@@ -112,6 +112,8 @@ def write_reports(summary, results, data, evaluation, output_dir, training_logs,
 def _markdown_report(summary: dict, plots: list[str]) -> str:
     main = summary["main_metric"]
     per_token = any("latency_per_token_ms" in model["cost"] for model in summary["models"].values())
+    speedup_per_token = summary.get("speedup_per_token", per_token)
+    own = [name for name, shared in (summary.get("teacher_tokenizer") or {}).items() if not shared]
     lines = [
         summary["verdict"],
         "",
@@ -121,9 +123,17 @@ def _markdown_report(summary: dict, plots: list[str]) -> str:
         f"Teacher: **{summary['teacher']}**. Main metric: {METRIC_LABELS.get(main, main)}. Latency at batch size 1 "
         f"(p50 / p95 per example{', and mean per generated token' if per_token else ''}), throughput at batch size "
         f"{summary['settings']['benchmark']['benchmark_batch_size']}, warm-up excluded. Speed-up: the teacher's latency "
-        f"over the model's, {'per generated token' if per_token else 'p50 per example'}.",
+        f"over the model's, {'per generated token' if speedup_per_token else 'p50 per example'}.",
         "",
     ]
+    # Each decodes with its own tokenizer: the texts compare, figures per token of another vocabulary do not.
+    if own and summary["task"] != "classification":
+        lines += [
+            f"Tokenizers other than the teacher's: {', '.join(own)}. Each model reads and decodes with its own; ROUGE and "
+            f"BLEU compare the texts, and the token-level figures of these models (perplexity, KL and top-1 agreement "
+            f"per token) are {UNDEFINED}.",
+            "",
+        ]
     quality_keys = [key for key in _quality_columns(summary) if key != main]
     # (header, cost key, format): per-token latency only where tokens are generated (not for classification)
     cost_columns = [

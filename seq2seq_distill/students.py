@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from .errors import InputError
 from .families import Family, family_of, layer_list_prefix, num_layers, supported_model_types
 from .layer_maps import check_layer_map, resolve_layer_map
-from .modeling import load_config, load_model, parameter_count
+from .modeling import load_config, load_model, parameter_count, task_of_config
 from .terms import describe_weights
 
 if TYPE_CHECKING:
@@ -179,7 +179,9 @@ def check_student_plan(model_args: ModelArguments, training_args, teacher_config
 
     With ``--student``: the teacher's model family, not more parameters than the teacher (an error: a student
     that big is usually --teacher and --student swapped), more layers only with a warning (a deep-and-thin student
-    is a real design), and layer maps that fit both. Otherwise: layer counts and maps that fit the teacher.
+    is a real design), and layer maps that fit both. A run that no term reads the teacher in (CE only, on the
+    teacher's pseudo-labels) takes a student of any supported family of the run's task. Otherwise: layer counts and
+    maps that fit the teacher.
     """
     if model_args.student:
         _check_student_against_teacher(student_config(model_args), teacher_config, task, training_args)
@@ -199,12 +201,20 @@ def _family_key(config) -> str:
     return MODEL_TYPE_OF_FAMILY.get(family_of(config).name, family_of(config).name)
 
 
+def _task_or_none(config) -> str | None:
+    try:
+        return task_of_config(config)
+    except InputError:
+        return None
+
+
 def _check_student_against_teacher(student_config, teacher_config, task: str, training_args) -> None:
     student_type, teacher_type = student_config.model_type, teacher_config.model_type
     other_family = _family_key(student_config) != _family_key(teacher_config)
-    if student_type in supported_model_types() and other_family:
-        # Two families share the labels (classification) or the target text (seq2seq, causal LM: the span terms, or
-        # logit KD where the student was given the teacher's tokenizer); feature terms have no layers to pair.
+    if student_type in supported_model_types() and other_family and _task_or_none(student_config) == task:
+        # Two families of the run's task share the labels (classification) or the target text (seq2seq, causal LM:
+        # the span terms, logit KD where the student was given the teacher's tokenizer, or CE on the teacher's
+        # pseudo-labels, sequence-level KD); feature terms have no layers to pair.
         on = [entry for need in ("hidden_states", "attentions", "qkv") for entry in describe_weights(training_args, need)]
         if on:
             raise InputError(
@@ -216,7 +226,8 @@ def _check_student_against_teacher(student_config, teacher_config, task: str, tr
     if student_type not in supported_model_types() or other_family:
         raise InputError(
             f"--student is a {student_type!r} model but the teacher is a {teacher_type!r} model; distill into a "
-            "student of the teacher's family (drop --student to build one from the layer flags, or use make_student)"
+            "student of the teacher's family (drop --student to build one from the layer flags, or use make_student), "
+            "or train it with CE only (--kd_weight 0) on the teacher's pseudo-labels (pseudo_label)"
         )
     student_size, teacher_size = parameter_count(student_config, task), parameter_count(teacher_config, task)
     if student_size > teacher_size:

@@ -267,19 +267,24 @@ def student_tokenizer_and_data(
     teacher_tokenizer: PreTrainedTokenizerBase,
     data: PreparedData,
     data_args: DataArguments,
+    *,
+    teacher_reads_inputs: bool = True,
 ) -> tuple[PreTrainedTokenizerBase, PreparedData]:
     """The student's tokenizer and data: the teacher's, unless the ``--student`` folder holds another tokenizer.
 
     Then the inputs are tokenized with both: the student's columns, and the teacher's own tokenization of the same
     texts (``data.TEACHER_COLUMNS``) that the teacher reads in the trainer, with the aligned spans of the two
-    tokenizations of each target (``data.SPAN_COLUMNS``) for the token-level tasks.
+    tokenizations of each target (``data.SPAN_COLUMNS``) for the token-level tasks. A run whose terms never run the
+    teacher (``teacher_reads_inputs=False``: CE only, e.g. on the teacher's pseudo-labels) needs the student's
+    tokenization alone: the teacher's text is all that crosses tokenizers.
     """
     tokenizer = own_student_tokenizer(model_args, teacher_tokenizer)
     if tokenizer is None:
         return teacher_tokenizer, data
     known = {name: index for index, name in enumerate(data.label_names)} if data.label_names else None
     logger.info("the student has a tokenizer of its own (%d tokens, the teacher's %d)", len(tokenizer), len(teacher_tokenizer))
-    return tokenizer, prepare_data(data.raw, tokenizer, data.task, data_args, known, teacher_tokenizer=teacher_tokenizer)
+    teacher_columns = teacher_tokenizer if teacher_reads_inputs else None
+    return tokenizer, prepare_data(data.raw, tokenizer, data.task, data_args, known, teacher_tokenizer=teacher_columns)
 
 
 def build_student(teacher: PreTrainedModel, model_args: ModelArguments, training_args) -> PreTrainedModel:

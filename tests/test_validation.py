@@ -252,6 +252,18 @@ def test_a_student_of_another_family(folders):
         check(ModelArguments(student=student))
 
 
+def test_a_ce_only_run_takes_a_student_of_another_family_of_the_task(folders):
+    """No term reads the teacher (CE on its pseudo-labels: sequence-level KD), so families need not match; the
+    student must still be a model of the run's task."""
+    bart = folders("bart", tiny_config("bart", 900, hidden=64, layers=6))  # bigger too: the teacher never meets it
+    check(ModelArguments(student=bart), {"kd_weight": "0"})
+    with pytest.raises(InputError, match=r"'bart' model but the teacher is a 't5' model.*--kd_weight 0.*pseudo_label"):
+        check(ModelArguments(student=bart))
+    bert = folders("bert", tiny_config("bert", 600, hidden=16, layers=1))
+    with pytest.raises(InputError, match="--student is a 'bert' model but the teacher is a 't5' model"):
+        check(ModelArguments(student=bert), {"kd_weight": "0"})
+
+
 def test_a_student_bigger_than_the_teacher(folders, caplog):
     bigger = folders("big", tiny_config("t5", 600, hidden=64, layers=2))
     with pytest.raises(InputError, match=r"--student has [\d,]+ parameters, more than the teacher's [\d,]+.*swapped"):
