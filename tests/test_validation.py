@@ -252,13 +252,15 @@ def test_a_student_of_another_family(folders):
         check(ModelArguments(student=student))
 
 
-def test_a_ce_only_run_takes_a_student_of_another_family_of_the_task(folders):
-    """No term reads the teacher (CE on its pseudo-labels: sequence-level KD), so families need not match; the
-    student must still be a model of the run's task."""
-    bart = folders("bart", tiny_config("bart", 900, hidden=64, layers=6))  # bigger too: the teacher never meets it
+def test_a_student_of_another_family_of_the_task_is_taken(folders):
+    """Families of one task share the target text (CE on the teacher's pseudo-labels, or the span terms across
+    tokenizers), so families need not match, but feature terms have no layers to pair; the student must still be a
+    model of the run's task."""
+    bart = folders("bart", tiny_config("bart", 900, hidden=64, layers=6))  # bigger too: sizes of two families differ
     check(ModelArguments(student=bart), {"kd_weight": "0"})
-    with pytest.raises(InputError, match=r"'bart' model but the teacher is a 't5' model.*--kd_weight 0.*pseudo_label"):
-        check(ModelArguments(student=bart))
+    check(ModelArguments(student=bart), {"kd_weight": "0", "uld_weight": "0.5"})
+    with pytest.raises(InputError, match=r"hidden_weight = 1: feature terms pair the layers of one model family.*--uld_weight"):
+        check(ModelArguments(student=bart), {"hidden_weight": "1"})
     bert = folders("bert", tiny_config("bert", 600, hidden=16, layers=1))
     with pytest.raises(InputError, match="--student is a 'bert' model but the teacher is a 't5' model"):
         check(ModelArguments(student=bert), {"kd_weight": "0"})
