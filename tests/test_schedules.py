@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -240,7 +241,9 @@ def test_schedules_and_balancing_from_a_config_file(tmp_path):
     from seq2seq_distill.arguments import Seq2SeqDistillationTrainingArguments
     from seq2seq_distill.cli import COMMANDS, parse_command
 
-    example = parse_command(COMMANDS["pipeline"], ["--config", "configs/schedules_example.yaml"])
+    example = parse_command(
+        COMMANDS["pipeline"], ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "schedules_example.yaml")]
+    )
     arguments = example[Seq2SeqDistillationTrainingArguments]
     assert arguments.schedules == ["kd_weight=linear:0.0->0.9,warmup=100", "temperature=cosine:4.0->1.0"]
     assert arguments.balance_terms == ["hidden_loss=0.25"] and plan_terms(arguments).kd and plan_terms(arguments).hidden
