@@ -35,6 +35,7 @@ HIDDEN_LOSSES = ("mse", "cosine")
 ATTENTION_LOSSES = ("kl", "mse")
 RELATION_LAYERS = ("last", "all")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+CACHE_HIDDEN_DTYPES = ("float32", "float16")  # how cache_teacher stores hidden states (teacher_cache.py)
 # The weights that switch a built-in term on (from the table in terms.py); registered terms add term_weights.
 WEIGHT_NAMES = PRIMARY_WEIGHTS
 
@@ -762,7 +763,15 @@ class BenchmarkArguments:
 
 @dataclass
 class CacheArguments:
-    """What ``cache_teacher`` keeps of the teacher's outputs."""
+    """What ``cache_teacher`` keeps of the teacher's outputs.
+
+    Fields:
+        cache_top_k (`int`, defaults to 64): most likely tokens kept per distilled position.
+        cache_splits (`list[str]`, defaults to train validation): the splits the teacher runs on.
+        cache_hidden_states (`bool`, defaults to False): also keep the hidden states of the teacher layers the
+            student's layer pairing reads, so hidden_weight and norm_weight train from the cache.
+        cache_hidden_dtype (`str`, defaults to "float32"): float32 (exact) or float16 (half the size).
+    """
 
     cache_top_k: int = field(
         default=64, metadata={"help": "Most likely tokens kept per position (16-128 is typical; the rest is one tail bucket)."}
@@ -770,10 +779,32 @@ class CacheArguments:
     cache_splits: list[str] = field(
         default_factory=lambda: ["train", "validation"], metadata={"help": "Splits to run the teacher on."}
     )
+    cache_hidden_states: bool = field(
+        default=False,
+        metadata={
+            "help": "Also store the hidden states of the mapped teacher layers, so that distill --teacher_cache can "
+            "train --hidden_weight and --norm_weight without the teacher. The layers are those --student pairs with "
+            "(its recorded map, or --encoder_layer_map / --decoder_layer_map / --layer_map), else those a student "
+            "built from the layer flags would; no student and no flags: every teacher layer. Size: rows x positions "
+            "x hidden size x cached layers x 4 bytes (2 with --cache_hidden_dtype float16)."
+        },
+    )
+    cache_hidden_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the cached hidden states: float32 (exactly the live teacher's on CPU) or float16 "
+            "(half the disk, about 3 significant digits).",
+            "choices": CACHE_HIDDEN_DTYPES,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.cache_top_k < 1:
             raise InputError(f"cache_top_k must be at least 1, got {self.cache_top_k}")
+        if self.cache_hidden_dtype not in CACHE_HIDDEN_DTYPES:
+            raise InputError(
+                f"unknown cache_hidden_dtype {self.cache_hidden_dtype!r}; choose one of: {', '.join(CACHE_HIDDEN_DTYPES)}"
+            )
 
 
 # ---- checks across argument objects ----------------------------------------------------------------------------

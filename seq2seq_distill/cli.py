@@ -176,7 +176,8 @@ COMMANDS = {
         ),
         Command(
             "cache_teacher",
-            "run the teacher once and store its top-k log-probabilities; distill --teacher_cache then trains without it",
+            "run the teacher once and store its top-k log-probabilities (and, with --cache_hidden_states, the mapped "
+            "layers' hidden states); distill --teacher_cache then trains without it",
             (ModelArguments, DataArguments, _TRAINING, CacheArguments, RunArguments),
             _run_cache_teacher,
             "outputs/teacher_cache",

@@ -29,11 +29,12 @@ from .arguments import (
 from .checkpoints import check_resume
 from .data import has_trained_labels, load_raw_splits, prepare_data, resolve_columns, same_tokenizer
 from .errors import InputError
+from .features import pair_layers
 from .inference import teacher_outputs
 from .model_cards import ModelRun, save_model_card, update_model_cards
 from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
 from .processes import default_device, is_main_process
-from .students import check_student_plan, student_config
+from .students import check_student_plan, plan_layers, requested_layers, student_config
 from .teacher_cache import build_teacher_cache, load_teacher_cache
 from .terms import plan_terms
 from .trainer import check_cross_tokenizer_plan
@@ -167,13 +168,15 @@ def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
 
 
 def cache_teacher(model_args, data_args, training_args, cache_args: CacheArguments) -> str:
-    """Run the teacher once over the data and store its top-k log-probabilities for ``distill --teacher_cache``."""
+    """Run the teacher once over the data and store its top-k log-probabilities for ``distill --teacher_cache``
+    (with ``--cache_hidden_states``, the hidden states of the layers the student's feature terms read too)."""
     check_cache_destination(training_args)
     path = training_args.teacher_cache
     # The same splits as the distill run it serves: that run reads the validation split only if it evaluates.
     _, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
+    hidden_layers = _cached_hidden_layers(model_args, training_args, config) if cache_args.cache_hidden_states else None
     teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
     teacher.to(default_device(use_cpu=training_args.use_cpu))
     return build_teacher_cache(
@@ -185,7 +188,21 @@ def cache_teacher(model_args, data_args, training_args, cache_args: CacheArgumen
         temperature=training_args.temperature,
         splits=tuple(split for split in cache_args.cache_splits if split in data.tokenized or split != "validation"),
         batch_size=training_args.per_device_eval_batch_size,
+        hidden_layers=hidden_layers,
+        hidden_dtype=cache_args.cache_hidden_dtype,
     )
+
+
+def _cached_hidden_layers(model_args, training_args, teacher_config) -> dict[str, list[int]]:
+    """{stack role: the teacher layers whose hidden states the distill run's feature terms will read}, from the
+    teacher's config before any weight is loaded: the pairing of ``--student`` (explicit layer maps, else its
+    recorded map), else the map a student built from the layer flags would record (no flags: every teacher layer,
+    which serves any student of this teacher)."""
+    if model_args.student:
+        pairs = pair_layers(student_config(model_args), teacher_config, training_args)
+        return {pair.teacher.role: sorted(set(pair.layer_map)) for pair in pairs}
+    planned = plan_layers(teacher_config, requested_layers(model_args, training_args))
+    return {role: sorted(set(layer_map)) for role, layer_map in planned.items()}
 
 
 # ---- commands that run a trained model -------------------------------------------------------------------------

@@ -41,13 +41,27 @@ class StackPair:
 
     @property
     def on_target_side(self) -> bool:
-        """Seq2seq decoders sit on the label positions; every other stack on the input tokens."""
-        return self.student.cross_attentions_key is not None
+        return on_target_side(self.student)
+
+
+def on_target_side(stack: Stack) -> bool:
+    """Seq2seq decoders sit on the label positions; every other stack on the input tokens."""
+    return stack.cross_attentions_key is not None
+
+
+def _config_of(model_or_config):
+    """A model's config, or a config given as it is (a teacher cache keeps the teacher's config, not the teacher)."""
+    return getattr(model_or_config, "config", model_or_config)
 
 
 def pair_layers(student: PreTrainedModel, teacher: PreTrainedModel, settings) -> tuple[StackPair, ...]:
-    """The layer pairs of every stack: explicit maps, else the map ``create_student`` recorded, else spread evenly."""
-    student_family, teacher_family = family_of(student.config), family_of(teacher.config)
+    """The layer pairs of every stack: explicit maps, else the map ``create_student`` recorded, else spread evenly.
+
+    ``student`` and ``teacher`` may be models or their configs: only the configs are read, so a teacher cache
+    (which keeps the teacher's config) and ``cache_teacher`` (which knows the student by its config) pair alike.
+    """
+    student_config, teacher_config = _config_of(student), _config_of(teacher)
+    student_family, teacher_family = family_of(student_config), family_of(teacher_config)
     student_roles = [stack.role for stack in student_family.stacks]
     teacher_roles = [stack.role for stack in teacher_family.stacks]
     if student_roles != teacher_roles:
@@ -57,15 +71,15 @@ def pair_layers(student: PreTrainedModel, teacher: PreTrainedModel, settings) ->
             f"{', '.join(student_roles)}) and a {teacher_family.name} teacher (stacks: {', '.join(teacher_roles)}); "
             f"set {', '.join(weights[:-1])} and {weights[-1]} to 0"
         )
-    recorded = getattr(student.config, "student_layer_map", None) or {}
+    recorded = getattr(student_config, "student_layer_map", None) or {}
     pairs = []
     for student_stack, teacher_stack in zip(student_family.stacks, teacher_family.stacks, strict=True):
         layer_map = resolve_layer_map(
             role=student_stack.role,
             count_argument=student_stack.count_argument,
             map_argument=student_stack.map_argument,
-            teacher_layers=num_layers(teacher.config, teacher_stack),
-            student_layers=num_layers(student.config, student_stack),
+            teacher_layers=num_layers(teacher_config, teacher_stack),
+            student_layers=num_layers(student_config, student_stack),
             explicit=getattr(settings, student_stack.map_argument, None),
             recorded=recorded.get(student_stack.role),
             allow_deeper=True,
@@ -79,10 +93,11 @@ def attach_projections(student: PreTrainedModel, teacher: PreTrainedModel, pairs
 
     They are registered as a submodule of the student, so the Trainer's optimizer, DDP wrapper, checkpoints and
     resume all treat them as part of the student, and ``save_pretrained`` stores them with it. Returns whether any
-    were added.
+    were added. ``teacher``: the model or its config (only its hidden size is read).
     """
     student_hidden = getattr(student.config, family_of(student.config).hidden_size_attr)
-    teacher_hidden = getattr(teacher.config, family_of(teacher.config).hidden_size_attr)
+    teacher_config = _config_of(teacher)
+    teacher_hidden = getattr(teacher_config, family_of(teacher_config).hidden_size_attr)
     if student_hidden == teacher_hidden:
         return False
     reference = next(student.parameters())
@@ -169,8 +184,8 @@ def capture_self_attention(model, layers: Iterable[tuple[Stack, int]]) -> Iterat
             handle.remove()
 
 
-def _positions_of(pair: StackPair, positions: StepPositions) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, step-wide count) of the positions a stack's terms sum over."""
+def stack_positions(pair: StackPair, positions: StepPositions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, step-wide count) of the positions a stack's terms sum over (a teacher cache keeps these rows)."""
     if pair.on_target_side:
         return positions.target_mask, positions.target_count
     return positions.source_mask, positions.source_count
@@ -196,7 +211,7 @@ def feature_terms(
     projections = getattr(student, PROJECTIONS_ATTR, None)
     hidden, attention, norm, relation = [], [], [], []
     for pair in pairs:
-        mask, count = _positions_of(pair, positions)
+        mask, count = stack_positions(pair, positions)
         if plan.hidden or plan.norm:
             student_states = student_outputs[pair.student.hidden_states_key]
             teacher_states = teacher_outputs[pair.teacher.hidden_states_key]
@@ -224,7 +239,7 @@ def feature_terms(
     if plan.relation:
         student_qkv, teacher_qkv = qkv or ({}, {})
         for each in relations:
-            mask, count = _positions_of(each.stacks, positions)
+            mask, count = stack_positions(each.stacks, positions)
             student_kinds = student_qkv[(each.stacks.student.role, each.student_layer)]
             teacher_kinds = teacher_qkv[(each.stacks.teacher.role, each.teacher_layer)]
             causal = each.stacks.student.causal
@@ -245,6 +260,8 @@ __all__ = [
     "attach_projections",
     "capture_self_attention",
     "feature_terms",
+    "on_target_side",
     "pair_layers",
     "relation_pairs",
+    "stack_positions",
 ]

@@ -186,9 +186,13 @@ def check_student_plan(model_args: ModelArguments, training_args, teacher_config
     if model_args.student:
         _check_student_against_teacher(student_config(model_args), teacher_config, task, training_args)
         return
+    plan_layers(teacher_config, requested_layers(model_args, training_args))
+
+
+def requested_layers(model_args: ModelArguments, training_args) -> dict:
+    """The layer counts and maps given for a student to be built, by flag name (what :func:`plan_layers` reads)."""
     requested = {name: getattr(model_args, name) for name in LAYER_COUNT_NAMES}
-    requested |= {name: getattr(training_args, name, None) for name in LAYER_MAP_NAMES}
-    plan_layers(teacher_config, requested)
+    return requested | {name: getattr(training_args, name, None) for name in LAYER_MAP_NAMES}
 
 
 def student_config(model_args: ModelArguments):

@@ -106,11 +106,15 @@ class DistillationMixin:
             self.shared_tokens = (mapping, shared_token_table(mapping, output_rows(student)))
         self.teacher = self._setup_teacher(teacher_model)
         self.output_size = self._shared_output_rows(student)
-        self.stack_pairs = pair_layers(student, self.teacher, self.distillation) if self.plan.needs_layer_pairs else ()
+        # A teacher cache pairs layers with the teacher's config it keeps, and must hold every layer they read.
+        layer_teacher = teacher_cache.teacher_config if teacher_cache is not None else self.teacher
+        self.stack_pairs = pair_layers(student, layer_teacher, self.distillation) if self.plan.needs_layer_pairs else ()
+        if teacher_cache is not None:
+            teacher_cache.check_layers(self.stack_pairs)
         self.relation_pairs = (
             relation_pairs(student, self.teacher, self.stack_pairs, self.distillation) if self.plan.relation else ()
         )
-        if self.plan.hidden and attach_projections(student, self.teacher, self.stack_pairs) and self.optimizer is not None:
+        if self.plan.hidden and attach_projections(student, layer_teacher, self.stack_pairs) and self.optimizer is not None:
             logger.warning("an optimizer was passed in: add the student's %s parameters to it", PROJECTIONS_ATTR)
         if self.plan.needs_attentions:
             # sdpa and flash kernels never materialize attention maps; only eager attention can return them.
@@ -301,8 +305,11 @@ class DistillationMixin:
             computed.update(self._cross_tokenizer_terms(student_outputs, teacher_outputs, inputs, positions))
         if self.plan.needs_layer_pairs:
             settings, pairs, relations = self.distillation, self.stack_pairs, self.relation_pairs
+            teacher_features = teacher_outputs  # or, offline, the cached hidden states standing in for them
+            if self.cached_teacher is not None:
+                teacher_features = self.cached_teacher.teacher_outputs(inputs, pairs, positions)
             computed.update(
-                feature_terms(self.plan, settings, pairs, student, student_outputs, teacher_outputs, positions, relations, qkv)
+                feature_terms(self.plan, settings, pairs, student, student_outputs, teacher_features, positions, relations, qkv)
             )
         for term in self.plan.registered:
             if training or not term.training_only:
@@ -469,16 +476,11 @@ class DistillationMixin:
 def check_plan(plan: TermPlan, task: str, teacher_model, teacher_cache, settings, train_dataset) -> None:
     """The run's terms against what it was given, before any weight is loaded or moved."""
     if teacher_cache is not None:
-        # A cached teacher replaces the live one for the KD term only; it has no hidden states or attentions.
+        # A cached teacher replaces the live one for KD, and for the hidden-state and norm terms when it holds them.
         if teacher_model is not None:
             raise InputError("pass either teacher_model or teacher_cache, not both")
         check_cache_temperature(settings)
-        live = [entry for entry in describe_weights(settings, "teacher") if not entry.startswith("kd_weight")]
-        if live:
-            raise InputError(
-                f"a teacher cache holds logits only, and {', '.join(live)} need the live teacher: set "
-                f"{'it' if len(live) == 1 else 'them'} to 0, or distill with the live teacher"
-            )
+        teacher_cache.check_terms(settings)
         if teacher_cache.temperature != settings.temperature:
             raise InputError(
                 f"the teacher cache is at temperature {teacher_cache.temperature}, the run at {settings.temperature}"

@@ -223,7 +223,8 @@ def test_the_cache_and_the_trainer_take_their_rows_from_one_function(model_type,
     if task == "classification":  # an unlabelled row is distilled too
         dataset = dataset.remove_columns("labels").add_column("labels", [0, -100, 2, 1, -100, 4])
     examples = [dict(row) for row in dataset]
-    cached = cache_module._teacher_top_k(teacher, collator_for(task, tokenizer), task, examples, 3, 2.0, torch.device("cpu"))
+    cached = cache_module._teacher_rows(teacher, collator_for(task, tokenizer), task, examples, 3, 2.0, torch.device("cpu"))
     trainer = distillation_trainer(task, tokenizer, teacher, teacher, tmp_path, dataset)
     target_mask, _, _ = trainer._positions(collator_for(task, tokenizer)(examples))
-    assert [len(log_probs) for log_probs, _ in cached] == target_mask.reshape(len(examples), -1).sum(1).tolist()
+    counts = [len(row[cache_module.CACHE_LOG_PROBS]) for row in cached]
+    assert counts == target_mask.reshape(len(examples), -1).sum(1).tolist()
