@@ -1,11 +1,13 @@
 """seq2seq_distill: knowledge distillation on top of the HuggingFace Trainer.
 
 The public API: two trainers, their argument dataclasses, ``create_student``, the loss functions, ``register_term``
-(a distillation term of your own, weighed by ``term_weights``) and the teacher cache for offline distillation.
+(a distillation term of your own, weighed by ``term_weights``), the teacher cache for offline distillation, and LoRA
+students (``lora_student``, ``SelfTeacher``; the extra ``lora``).
 """
 
 from .arguments import DistillationSettings, DistillationTrainingArguments, Seq2SeqDistillationTrainingArguments
 from .layer_maps import spread_layers
+from .lora import SelfTeacher, lora_student
 from .losses import (
     DIVERGENCES,
     attention_relation_loss,
@@ -32,6 +34,7 @@ __all__ = [
     "DistillationTrainingArguments",
     "Seq2SeqDistillationTrainer",
     "Seq2SeqDistillationTrainingArguments",
+    "SelfTeacher",
     "StepPositions",
     "TeacherCache",
     "TermInputs",
@@ -44,6 +47,7 @@ __all__ = [
     "load_model",
     "load_teacher_cache",
     "logit_distillation_loss",
+    "lora_student",
     "norm_statistics_loss",
     "register_divergence",
     "register_term",

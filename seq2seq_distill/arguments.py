@@ -592,6 +592,71 @@ class DataArguments:
 
 
 @dataclass
+class LoraArguments:
+    """A LoRA student (``distill``; needs the extra ``lora``: peft): a frozen base with a trained low-rank adapter.
+
+    Fields:
+        lora_r (`int`, defaults to 0): rank of the adapter; 0 = off (the whole student is trained).
+        lora_alpha (`float`, defaults to 16.0): the adapter's scale is lora_alpha / lora_r.
+        lora_target_modules (`list[str]`, optional): the layers that get an adapter; unset: peft's default for the
+            family, ``all-linear``: every linear layer but the head.
+        lora_dropout (`float`, defaults to 0.0): dropout on the adapter's input.
+        self_distill (`bool`, defaults to False): the teacher is the base model itself with the adapter off.
+    """
+
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "Rank of a LoRA adapter on the student (needs peft: pip install seq2seq_distill[lora]): only the "
+            "adapter is trained and saved, beside the base it adapts (in base/ when the base is layer-copied). "
+            "0 = off: the whole student is trained."
+        },
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling numerator: the adapter is scaled by lora_alpha / lora_r."}
+    )
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Layers that get an adapter, by name (e.g. q v for T5, query value for BERT, c_attn for GPT-2); "
+            "all-linear: every linear layer but the head. Unset: peft's default for the model family."
+        },
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the adapter's input, in [0, 1); 0 keeps a resumed run identical to an uninterrupted one."},
+    )
+    self_distill: bool = field(
+        default=False,
+        metadata={
+            "help": "Self-distillation (needs --lora_r): the teacher is the student's own base model with the adapter "
+            "switched off, run on the same weights (no second copy), e.g. to keep a fine-tuned adapter close to its "
+            "base's distribution. The base is --teacher itself, or what the layer flags copy out of it."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_at_least(self, ("lora_r",), 0)
+        if not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise InputError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise InputError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.self_distill and not self.lora_r:
+            raise InputError(
+                "--self_distill distills from the student's base with its adapter off, so the student needs an adapter: "
+                "set --lora_r (e.g. 8)"
+            )
+        if self.lora_r:
+            from .lora import require_peft
+
+            require_peft()  # before any data is read or weights are loaded
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_r > 0
+
+
+@dataclass
 class RunArguments:
     """How the command runs: config file, config template, dry run."""
 

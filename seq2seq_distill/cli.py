@@ -32,6 +32,7 @@ from .arguments import (
     BenchmarkArguments,
     CacheArguments,
     DataArguments,
+    LoraArguments,
     ModelArguments,
     PipelineArguments,
     PseudoLabelArguments,
@@ -97,7 +98,7 @@ def _run_make_student(parsed):
 def _run_distill(parsed):
     from .commands import distill
 
-    run = distill(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING])
+    run = distill(parsed[ModelArguments], parsed[DataArguments], parsed[_TRAINING], parsed[LoraArguments])
     what = "distilled student" if run.name == "distilled" else "baseline student (CE only: no distillation term is on)"
     _say(f"{what} saved to {run.path}")
 
@@ -156,7 +157,7 @@ COMMANDS = {
         Command(
             "distill",
             "distill a teacher into a student built from the layer flags (or given with --student)",
-            (ModelArguments, DataArguments, _TRAINING, RunArguments),
+            (ModelArguments, DataArguments, _TRAINING, LoraArguments, RunArguments),
             _run_distill,
             "outputs/distilled",
         ),

@@ -19,6 +19,7 @@ from .arguments import (
     BenchmarkArguments,
     CacheArguments,
     DataArguments,
+    LoraArguments,
     ModelArguments,
     PipelineArguments,
     PseudoLabelArguments,
@@ -41,12 +42,15 @@ from .trainer import check_cross_tokenizer_plan
 from .training import (
     TRAINING_METRICS_FILE,
     TrainedModel,
+    build_lora_student,
     build_student,
     ce_only,
     check_eval_metrics,
+    check_lora_run,
     evaluates,
     load_data,
     load_teacher_and_tokenizer,
+    lora_adapted,
     own_student_tokenizer,
     resolve_model_type_and_task,
     run_name,
@@ -114,11 +118,15 @@ def make_student(model_args: ModelArguments, training_args, output_dir: str) -> 
     return output_dir
 
 
-def distill(model_args, data_args, training_args) -> TrainedModel:
-    """Distill the teacher into a student built from the layer flags (or given with --student)."""
+def distill(model_args, data_args, training_args, lora_args: LoraArguments | None = None) -> TrainedModel:
+    """Distill the teacher into a student built from the layer flags (or given with --student); with ``lora_args``
+    (--lora_r) the student is that model with a LoRA adapter, the only part trained (``training.build_lora_student``)."""
     check_resume(training_args)
+    lora_args = lora_args or LoraArguments()
     if training_args.teacher_cache:
-        return distill_from_cache(model_args, data_args, training_args)
+        return distill_from_cache(model_args, data_args, training_args, lora_args)
+    config = teacher_config(model_args)
+    check_lora_run(lora_args, model_args, data_args, training_args, config)
     model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
         raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
@@ -136,15 +144,22 @@ def distill(model_args, data_args, training_args) -> TrainedModel:
     tokenizer, data = student_tokenizer_and_data(
         model_args, teacher_tokenizer, data, data_args, teacher_reads_inputs=reads_teacher
     )
-    student = build_student(teacher, model_args, training_args)
+    if lora_args.enabled:
+        student, teacher = build_lora_student(teacher, model_args, training_args, lora_args, config)
+    else:
+        student = build_student(teacher, model_args, training_args)
     # No term runs the teacher (CE only, e.g. on its pseudo-labels): the trainer gets none, as a baseline's does, so
     # a student of another family or tokenizer is not checked against a teacher it never meets.
     live_teacher = teacher if reads_teacher else None
+    del teacher  # one the trainer does not get (CE only, or the source of a self-distilled copy) is freed now
     return train_model(run_name(training_args), student, live_teacher, data, tokenizer, training_args, training_args.output_dir)
 
 
-def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
-    """Distill from a teacher cache (``cache_teacher``): the teacher is never loaded, so the student is given."""
+def distill_from_cache(model_args, data_args, training_args, lora_args: LoraArguments | None = None) -> TrainedModel:
+    """Distill from a teacher cache (``cache_teacher``): the teacher is never loaded, so the student is given (with
+    ``lora_args``: a LoRA adapter on it, which alone is trained)."""
+    lora_args = lora_args or LoraArguments()
+    check_lora_run(lora_args, model_args, data_args, training_args, None)
     if data_args.transfer_dataset_local_path or data_args.transfer_dataset or data_args.augment_copies:
         raise InputError(
             "a transfer set (or augmentation) is labelled by the live teacher, and a teacher cache holds the rows of "
@@ -163,6 +178,8 @@ def distill_from_cache(model_args, data_args, training_args) -> TrainedModel:
     splits = ("train", "validation") if evaluates(training_args, task) else ("train",)
     cache = load_teacher_cache(training_args.teacher_cache, data, tokenizer, temperature=training_args.temperature, splits=splits)
     student = load_model(student_path, task, flag="--student", trust_remote_code=model_args.trust_remote_code)
+    if lora_args.enabled:
+        student = lora_adapted(student, model_args.student, lora_args, training_args.seed)
     name = run_name(training_args)
     return train_model(name, student, None, data, tokenizer, training_args, training_args.output_dir, teacher_cache=cache)
 

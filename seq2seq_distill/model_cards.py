@@ -26,6 +26,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data import PreparedData
+from .lora import adapter_facts
 from .modeling import AUTO_MODEL_CLASSES
 from .reports import METRIC_LABELS, write_text
 from .terms import plan_terms, weight_of
@@ -107,6 +108,8 @@ class ModelRun:
     - ``data``, ``datasets``: the data in words, and the hub datasets among them (metadata ``datasets``).
     - ``training_rows``, ``transfer_rows``: rows trained on, of which transfer rows (labelled by the teacher, KD only).
     - ``hub_model_id``: the Hub repository the Trainer pushed to (``--push_to_hub``), where the card is pushed too.
+    - ``lora``: a LoRA student's adapter (``lora.adapter_facts``): rank, alpha, dropout, target modules, its base
+      (``base/`` when saved in the folder) and whether the teacher was that base with the adapter off; else None.
     """
 
     name: str
@@ -128,6 +131,7 @@ class ModelRun:
     transfer: str | None = None
     teacher_cache: str | None = None
     hub_model_id: str | None = None
+    lora: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,6 +194,7 @@ def describe_run(
         transfer=transfer,
         teacher_cache=str(training_args.teacher_cache) if teacher_cache is not None else None,
         hub_model_id=hub_model_id,
+        lora=adapter_facts(model, teacher),
     )
 
 
@@ -230,9 +235,9 @@ def model_card(
     results = summary["models"].get(benchmarked_as) if summary else None
     eval_results = _eval_results(run, summary, results, benchmark_data) if results else None
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name="peft" if run.lora else "transformers",  # the Hub's name for a folder that holds an adapter
         base_model=run.teacher,
-        tags=list(TAGS),
+        tags=[*TAGS, *(("lora",) if run.lora else ())],
         datasets=list(run.datasets) or None,
         pipeline_tag=PIPELINE_TAGS.get(run.task),
         model_name=run.name if eval_results else None,
@@ -282,16 +287,30 @@ ROLE_SENTENCES = {
     "distilled": "A student distilled from its teacher with seq2seq_distill: copied from the teacher's layers and trained "
     "on the loss terms below.",
     "student": "A student made with seq2seq_distill by copying layers of its teacher; it has not been trained yet.",
+    "self_distilled": "A LoRA adapter trained with seq2seq_distill on the loss terms below, distilled from its own base "
+    "model (the adapter switched off) to keep close to the base's distribution.",
 }
 
 
 def _body(run: ModelRun, summary: dict | None, results: dict | None, data: DataSource | None, benchmarked_as: str) -> str:
-    lines = [f"# {run.name}", "", ROLE_SENTENCES.get(run.role, ROLE_SENTENCES["distilled"]), "", "## How it was made", ""]
+    role = "self_distilled" if run.lora and run.lora["self_distill"] and run.role == "distilled" else run.role
+    lines = [f"# {run.name}", "", ROLE_SENTENCES.get(role, ROLE_SENTENCES["distilled"]), "", "## How it was made", ""]
     if run.role == "teacher":
         lines.append(f"- Base model: `{run.teacher}` (fine-tuned)" if run.teacher else "- Base model: none, trained from scratch")
+    elif run.lora and run.lora["self_distill"]:
+        lines.append("- Teacher: the base model itself with the adapter switched off (self-distillation)")
     else:
         lines.append(f"- Teacher: `{run.teacher}`" if run.teacher else "- Teacher: not recorded")
     lines.append(f"- Architecture: {run.model_type}, task {run.task}")
+    if run.lora:
+        lora = run.lora
+        modules = ", ".join(f"`{name}`" for name in lora["target_modules"])
+        lines.append(
+            f"- LoRA adapter: rank {lora['r']}, alpha {lora['alpha']:g}, dropout {lora['dropout']:g}, on {modules}; "
+            "only the adapter was trained, and this folder holds it, not the whole model"
+        )
+        base = "`base/` in this folder" if lora["base_in_folder"] else f"`{lora['base']}`"
+        lines.append(f"- Base model of the adapter: {base}")
     if run.layer_map:
         maps = "; ".join(f"{stack} {layers}" for stack, layers in run.layer_map.items())
         lines.append(f"- Layer map (the teacher layer behind each student layer): {maps}")
@@ -312,20 +331,30 @@ def _body(run: ModelRun, summary: dict | None, results: dict | None, data: DataS
         lines.append(f"- Training: {run.steps} optimizer steps, seed {run.seed}{learning_rate}")
     if results:
         lines += ["", *_benchmark_section(benchmarked_as, summary, results, data)]
+    lines += ["", "## Use", "", *_use(run)]
+    return "\n".join(lines) + "\n"
+
+
+def _use(run: ModelRun) -> list[str]:
+    """How to load the model: its Auto class; for a LoRA adapter, its base with the adapter merged in."""
     auto = AUTO_MODEL_CLASSES[run.task].__name__ if run.task in AUTO_MODEL_CLASSES else "AutoModel"
     where = run.hub_model_id or "path/to/this/folder"
-    lines += [
-        "",
-        "## Use",
+    if not run.lora:
+        loading = [f"from transformers import AutoTokenizer, {auto}", "", f'model = {auto}.from_pretrained("{where}")']
+        return ["```python", *loading, f'tokenizer = AutoTokenizer.from_pretrained("{where}")', "```"]
+    base = f"{where}/base" if run.lora["base_in_folder"] else run.lora["base"]
+    return [
+        "The adapter merged into its base (`seq2seq_distill.load_model(folder)` does the same):",
         "",
         "```python",
+        "from peft import PeftModel",
         f"from transformers import AutoTokenizer, {auto}",
         "",
-        f'model = {auto}.from_pretrained("{where}")',
+        f'base = {auto}.from_pretrained("{base}")',
+        f'model = PeftModel.from_pretrained(base, "{where}").merge_and_unload()',
         f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
         "```",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _benchmark_section(name: str, summary: dict, results: dict, data: DataSource | None) -> list[str]:

@@ -24,6 +24,7 @@ from transformers.utils import CONFIG_NAME
 
 from .checkpoints import CHECKPOINTS_DIR, latest_complete_checkpoint
 from .errors import InputError
+from .lora import adapter_base, is_adapter_folder, load_merged  # no peft imported until an adapter is loaded
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def task_of_model(model: PreTrainedModel) -> str:
-    """``seq2seq``, ``classification`` or ``causal_lm``, read off the model's head class."""
+    """``seq2seq``, ``classification`` or ``causal_lm``, read off the model's head class (a peft model's, or a
+    :class:`~seq2seq_distill.lora.SelfTeacher`'s: that of the base model inside)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     name = type(model).__name__
     if getattr(model.config, "is_encoder_decoder", False):
         return "seq2seq"
@@ -117,8 +121,11 @@ def not_a_model_folder(path: str, flag: str) -> InputError:
 
 
 def load_config(name_or_path: str, *, flag: str = "--teacher", trust_remote_code: bool = False):
-    """The config of a hub name or local folder (no weights read); a folder without a model is one clear error."""
+    """The config of a hub name or local folder (no weights read); a folder without a model is one clear error.
+    An adapter folder (``lora.py``) has its base model's config."""
     path = resolve_model_path(name_or_path, flag)
+    if is_adapter_folder(path):
+        return load_config(adapter_base(path), flag=flag, trust_remote_code=trust_remote_code)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
         raise not_a_model_folder(path, flag)
     try:
@@ -175,10 +182,16 @@ def load_model(
     trust_remote_code: bool = False,
     **kwargs,
 ) -> PreTrainedModel:
-    """Load a hub name or local folder with the Auto class of its task (safetensors preferred, no remote code)."""
+    """Load a hub name or local folder with the Auto class of its task (safetensors preferred, no remote code).
+
+    An adapter folder (a LoRA student's output, ``lora.py``) loads as its base with the adapter merged in.
+    """
     flag = kwargs.pop("flag", "--teacher")
     config_overrides = kwargs.pop("config_overrides", None) or {}
     path = resolve_model_path(name_or_path, flag)
+    if is_adapter_folder(path):
+        base_kwargs = {**kwargs, "dtype": dtype, "config_overrides": config_overrides}
+        return load_merged(path, task, flag=flag, trust_remote_code=trust_remote_code, **base_kwargs)
     config = load_config(path, flag=flag, trust_remote_code=trust_remote_code)
     for name, value in config_overrides.items():  # e.g. the data's labels for a head that is not trained yet
         setattr(config, name, value)

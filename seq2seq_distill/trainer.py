@@ -38,6 +38,7 @@ from .data import SPAN_COLUMNS, TEACHER_COLUMNS, has_trained_labels
 from .errors import InputError, NonFiniteLossError
 from .features import PROJECTIONS_ATTR, attach_projections, capture_self_attention, feature_terms, pair_layers, relation_pairs
 from .guards import any_nonfinite, nonfinite_terms
+from .lora import SelfTeacher, check_self_distillation
 from .modeling import (
     KD_ONLY_COLUMN,
     freeze_teacher,
@@ -151,6 +152,9 @@ class DistillationMixin:
                 f"the student is a {self.task} model but the teacher is a {teacher_task} model; use a teacher with "
                 "the same kind of head"
             )
+        if isinstance(teacher_model, SelfTeacher):  # the student's own weights: freezing or casting them would hit it
+            check_self_distillation(self.plan)
+            return teacher_model
         dtype = resolve_teacher_dtype(self.distillation.teacher_dtype, self.args.device, self.args.bf16, self.args.fp16)
         return self._shard_teacher(freeze_teacher(teacher_model, self.args.device, dtype))
 

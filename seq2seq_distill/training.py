@@ -19,7 +19,7 @@ import torch
 from datasets import DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from .arguments import TASK_OF_MODEL_TYPE, DataArguments, ModelArguments
+from .arguments import TASK_OF_MODEL_TYPE, DataArguments, LoraArguments, ModelArguments
 from .checkpoints import CHECKPOINTS_DIR, resolve_resume
 from .data import (
     PreparedData,
@@ -34,10 +34,11 @@ from .data import (
 from .errors import InputError
 from .families import family_of
 from .guards import GracefulStop, TrainingInterrupted
+from .lora import SelfTeacher, check_self_distillation, is_lora_model, lora_student, save_lora_base
 from .model_cards import describe_run, save_model_card
 from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_model
 from .reports import write_json
-from .students import MODEL_TYPE_OF_FAMILY, create_student
+from .students import LAYER_MAP_NAMES, MODEL_TYPE_OF_FAMILY, create_student, student_config
 from .terms import ce_only_settings, plan_terms
 from .tiny import tiny_model, train_tokenizer
 from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
@@ -46,12 +47,15 @@ from .transfer import add_transfer_split, training_rows
 __all__ = [
     "TRAINING_METRICS_FILE",
     "TrainedModel",
+    "build_lora_student",
     "build_student",
     "ce_only",
     "check_eval_metrics",
+    "check_lora_run",
     "evaluates",
     "label_overrides",
     "load_data",
+    "lora_adapted",
     "own_student_tokenizer",
     "load_teacher_and_tokenizer",
     "resolve_model_type_and_task",
@@ -312,6 +316,82 @@ def build_student(teacher: PreTrainedModel, model_args: ModelArguments, training
     return student
 
 
+# A flag of these makes the student something other than the teacher itself (a smaller or resized copy).
+STUDENT_SHAPE_FLAGS = ("num_encoder_layers", "num_decoder_layers", "num_layers", "hidden_dim", "vocab_size")
+
+
+def check_lora_run(lora_args: LoraArguments, model_args: ModelArguments, data_args: DataArguments, training_args, config):
+    """A LoRA run's flags against each other and the teacher's config (``config``), before any data is read or
+    weights are loaded (peft's presence is checked when the flags are parsed)."""
+    if not lora_args.enabled:
+        return
+    if lora_args.self_distill:
+        if model_args.student:
+            raise InputError(
+                "--self_distill trains an adapter on --teacher itself and distills from it with the adapter off (one "
+                "copy of the weights); drop --student, or pass that model as --teacher"
+            )
+        other_teacher_uses = (data_args.transfer_dataset, data_args.transfer_dataset_local_path, data_args.augment_copies)
+        if training_args.teacher_cache or any(other_teacher_uses):
+            raise InputError(
+                "--self_distill runs the teacher (the base with the adapter off) inside the loss only: drop "
+                "--teacher_cache, the transfer set and --augment_copies, which need a teacher of their own"
+            )
+        check_self_distillation(plan_terms(training_args))
+    if plan_terms(training_args).hidden and config is not None:
+        # Projections between hidden sizes are trained but are no part of the adapter: a checkpoint would lose them.
+        hidden = family_of(config).hidden_size_attr
+        student = student_config(model_args) if model_args.student else None
+        size = model_args.hidden_dim or (getattr(student, hidden, None) if student is not None else None)
+        if size is not None and size != getattr(config, hidden):
+            raise InputError(
+                f"hidden_weight > 0 with a LoRA student of hidden size {size} (the teacher's: {getattr(config, hidden)}) "
+                "trains projections that the adapter does not hold; use a student of the teacher's hidden size, or "
+                "--hidden_weight 0"
+            )
+
+
+def build_lora_student(teacher: PreTrainedModel, model_args: ModelArguments, training_args, lora_args: LoraArguments, config):
+    """(student, teacher) of a LoRA run: the base (``build_student``'s student; with --self_distill and no layer
+    flags, the teacher itself) with an adapter, and the teacher the trainer reads: the given one, or for
+    self-distillation the student's base with the adapter off (:class:`~seq2seq_distill.lora.SelfTeacher`).
+
+    The base is named by where it loads from unchanged (--student, or --teacher for self-distillation unless its
+    classification head was made here); else the output folder will carry it in ``base/`` (``lora.py``).
+    """
+    task = task_of_model(teacher)
+    shaped = any(getattr(model_args, name) is not None for name in STUDENT_SHAPE_FLAGS) or any(
+        getattr(training_args, name, None) is not None for name in LAYER_MAP_NAMES
+    )
+    if lora_args.self_distill and not shaped:
+        base, source = teacher, model_args.teacher_source
+        if task == "classification" and not has_trained_labels(config):
+            source = None  # its head was initialized here: only the saved base holds it
+    else:
+        base, source = build_student(teacher, model_args, training_args), model_args.student
+    student = lora_adapted(base, source, lora_args, training_args.seed)
+    return student, SelfTeacher(student) if lora_args.self_distill else teacher
+
+
+def lora_adapted(base: PreTrainedModel, source: str | None, lora_args: LoraArguments, seed: int):
+    """``base`` with the adapter of ``lora_args``, initialized from ``seed``; ``source``: the hub name or folder
+    the base loads from unchanged (None: the base is saved beside the adapter)."""
+    reference = None
+    if source is not None:
+        path = resolve_model_path(source, "--student")
+        reference = os.path.abspath(path) if os.path.isdir(path) else path
+    set_seed(seed)  # the adapter's initialization: the same on every run with these flags
+    return lora_student(
+        base,
+        task_of_model(base),
+        r=lora_args.lora_r,
+        alpha=lora_args.lora_alpha,
+        dropout=lora_args.lora_dropout,
+        target_modules=lora_args.lora_target_modules,
+        base_reference=reference,
+    )
+
+
 # ---- training --------------------------------------------------------------------------------------------------
 
 
@@ -387,6 +467,8 @@ def train_model(
         metrics.update(trainer.evaluate())
     if args.predict_with_generate and data.task == "causal_lm" and trainer.is_world_process_zero():
         metrics.update(validate_by_generation(model, tokenizer, data, args, output_dir))
+    if is_lora_model(model) and trainer.is_world_process_zero():
+        save_lora_base(model, output_dir)  # a layer-copied base beside its adapter; named in adapter_config.json
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         record = {"name": name, "final_metrics": metrics, "log_history": trainer.state.log_history}
