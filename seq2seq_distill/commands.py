@@ -28,6 +28,7 @@ from .arguments import (
     check_pipeline_training,
 )
 from .checkpoints import check_resume
+from .cross_tokenizer import vocabulary_map
 from .data import has_trained_labels, load_raw_splits, prepare_data, resolve_columns, same_tokenizer
 from .errors import InputError
 from .features import pair_layers
@@ -135,8 +136,10 @@ def distill(model_args, data_args, training_args, lora_args: LoraArguments | Non
 
     def check_student_tokenizer(teacher_tokenizer):
         # A student with a tokenizer of its own changes which terms can run: known before any text is tokenized.
-        own = reads_teacher and own_student_tokenizer(model_args, teacher_tokenizer) is not None
-        check_cross_tokenizer_plan(task, training_args, own)
+        student_tokenizer = own_student_tokenizer(model_args, teacher_tokenizer) if reads_teacher else None
+        check_cross_tokenizer_plan(task, training_args, student_tokenizer is not None)
+        if student_tokenizer is not None and plan_terms(training_args).has("matched_kl_loss"):
+            vocabulary_map(student_tokenizer, teacher_tokenizer)  # no shared token: an error now (the trainer reuses it)
 
     teacher, teacher_tokenizer, data = load_teacher_and_tokenizer(
         model_args, task, config, raw, data_args, training_args.seed, check_tokenizer=check_student_tokenizer

@@ -289,7 +289,7 @@ class VocabularyMap:
         if not shared:
             raise InputError(
                 "the student's and the teacher's vocabularies share no token, so the hybrid loss has nothing to "
-                "compare exactly; use ULD (universal logit distillation) alone"
+                "compare exactly; use ULD (universal logit distillation) alone: --matched_kl_weight 0 --uld_weight 0.5"
             )
         self.student_to_teacher = {student_texts[text]: teacher_texts[text] for text in shared}
         self.student_ids = torch.tensor([student_texts[text] for text in shared], dtype=torch.long)

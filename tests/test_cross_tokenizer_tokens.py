@@ -5,6 +5,7 @@ by character offsets in the data module and compared span by span (ULD and the h
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -13,9 +14,11 @@ from datasets import Dataset, DatasetDict
 from helpers import TRAINING_DEFAULTS, GradientRecorder, assert_resumes_exactly
 from test_cross_tokenizer import byte_level_bpe
 from tokenizers import processors
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from seq2seq_distill import DistillationTrainer, Seq2SeqDistillationTrainer
 from seq2seq_distill.arguments import DataArguments, DistillationTrainingArguments, Seq2SeqDistillationTrainingArguments
+from seq2seq_distill.cli import main
 from seq2seq_distill.cross_tokenizer import merge_spans, vocabulary_map
 from seq2seq_distill.data import SPAN_COLUMNS, TEACHER_COLUMNS, collator_for, prepare_data
 from seq2seq_distill.errors import InputError
@@ -356,3 +359,75 @@ def test_span_distillation_moves_the_student_toward_the_teacher(seq2seq_tokenize
             divergence[name] = held_out_divergence(seq2seq_tokenizers, model, teacher.eval(), data.tokenized["validation"])
     print(divergence)
     assert divergence["distilled"] < 0.8 * divergence["baseline"]  # seeds 0, 1, 2: 0.56, 0.57, 0.68 of it
+
+
+@pytest.fixture(scope="module")
+def saved_pairs(seq2seq_tokenizers, causal_tokenizers, tmp_path_factory):
+    """Folders as a user has them: each model with its own tokenizer; jsonl data of documents and summaries."""
+    folder = tmp_path_factory.mktemp("cross_tokenizer_cli")
+    for task, tokenizers, models_of in (
+        ("seq2seq", seq2seq_tokenizers, seq2seq_models),
+        ("causal_lm", causal_tokenizers, causal_models),
+    ):
+        for model, tokenizer, role in zip(models_of(tokenizers), tokenizers, ("teacher", "student"), strict=True):
+            model.save_pretrained(folder / task / role)
+            tokenizer.save_pretrained(folder / task / role)
+    with open(folder / "data.jsonl", "w") as data:
+        data.writelines(json.dumps({"document": row["document"], "summary": row["summary"]}) + "\n" for row in ROWS)
+    return folder
+
+
+CLI_RUNS = {
+    "seq2seq-uld": ("seq2seq", ["--uld_weight", "0.5"]),
+    "seq2seq-hybrid": ("seq2seq", ["--uld_weight", "0.5", "--matched_kl_weight", "0.5"]),
+    "causal-hybrid": ("causal_lm", ["--uld_weight", "0.5", "--matched_kl_weight", "0.5"]),
+}
+
+
+@pytest.mark.parametrize("run", sorted(CLI_RUNS))
+def test_cli_distills_across_tokenizers_and_the_student_loads_back_with_its_own(run, saved_pairs):
+    task, terms = CLI_RUNS[run]
+    folder = saved_pairs / task
+    output = saved_pairs / "runs" / run
+    argv = [
+        "distill",
+        *("--teacher", str(folder / "teacher"), "--student", str(folder / "student")),
+        *("--dataset_local_path", str(saved_pairs / "data.jsonl"), "--dataset_input_column", "document"),
+        *("--dataset_target_column", "summary", "--max_source_length", "40", "--max_target_length", "16"),
+        *("--kd_weight", "0", "--ce_weight", "0.5", *terms),
+        *("--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--use_cpu"),
+        *("--report_to", "none", "--output_dir", str(output)),
+    ]
+    assert main(argv) == 0
+    logged = json.loads((output / "training_metrics.json").read_text())["log_history"][0]
+    for name in [flag[2:].replace("_weight", "_loss") for flag in terms[::2]]:
+        assert logged[name] > 0, name
+    student_tokenizer = AutoTokenizer.from_pretrained(folder / "student")
+    assert AutoTokenizer.from_pretrained(output).get_vocab() == student_tokenizer.get_vocab()
+    loaded = (AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM).from_pretrained(output)
+    assert loaded.get_input_embeddings().num_embeddings == len(student_tokenizer)
+
+
+def test_cross_tokenizer_bad_input_is_one_line(saved_pairs, tmp_path, capsys):
+    """Vocabulary-row KD, and a hybrid whose vocabularies share no token, each stop before any text is tokenized."""
+    folder = saved_pairs / "seq2seq"
+    greek = train_tokenizer(["αβγ δεζ ηθι"], vocab_size=40, model_type="t5")  # shares no token with ASCII byte-level BPE
+    greek.save_pretrained(tmp_path / "greek")
+    common = [
+        *("--teacher", str(folder / "teacher"), "--student", str(folder / "student")),
+        *("--dataset_local_path", str(saved_pairs / "data.jsonl"), "--max_steps", "1", "--use_cpu"),
+        *("--output_dir", str(tmp_path / "out")),
+    ]
+    cases = [
+        ([], "kd_weight = 0.5 compares the two models' vocabulary rows", "--uld_weight"),
+        (
+            ["--kd_weight", "0", "--matched_kl_weight", "1", "--teacher_tokenizer", str(tmp_path / "greek")],
+            "share no token",
+            "ULD",
+        ),
+    ]
+    for extra, first, second in cases:
+        assert main(["distill", *common, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert first in err[-1] and second in err[-1], err[-1]
+        assert not any("tokenizing" in line or "Loading weights" in line for line in err), err
