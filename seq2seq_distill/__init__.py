@@ -1,8 +1,9 @@
 """seq2seq_distill: knowledge distillation on top of the HuggingFace Trainer.
 
 The public API: two trainers, their argument dataclasses, ``create_student``, the loss functions, ``register_term``
-(a distillation term of your own, weighed by ``term_weights``), the teacher cache for offline distillation, and LoRA
-students (``lora_student``, ``SelfTeacher``; the extra ``lora``).
+(a distillation term of your own, weighed by ``term_weights``), the teacher cache for offline distillation, LoRA
+students (``lora_student``, ``SelfTeacher``; the extra ``lora``), and the mixture target of several teachers
+(``teacher_model=`` a list or dict).
 """
 
 from .arguments import DistillationSettings, DistillationTrainingArguments, Seq2SeqDistillationTrainingArguments
@@ -17,6 +18,7 @@ from .losses import (
     logit_distillation_loss,
     norm_statistics_loss,
     register_divergence,
+    teacher_mixture_log_probs,
     topk_distillation_loss,
 )
 from .modeling import load_model
@@ -52,6 +54,7 @@ __all__ = [
     "register_divergence",
     "register_term",
     "spread_layers",
+    "teacher_mixture_log_probs",
     "topk_distillation_loss",
     "unregister_term",
 ]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .errors import InputError
-from .losses import DIVERGENCES
+from .losses import DIVERGENCES, TEACHER_MIXTURES
 from .schedules import check_schedules, named_numbers, weight_peaks
 from .terms import PENALTY_WEIGHTS, PRIMARY_WEIGHTS, registered_terms
 
@@ -73,6 +73,11 @@ class DistillationSettings:
         attention_loss (`str`, defaults to "kl"): kl or mse.
         encoder_layer_map / decoder_layer_map / layer_map (`list[int]`, optional): teacher layer per student layer.
         teacher_dtype (`str`, defaults to "auto"): the teacher's precision.
+        teacher_weights (`list[float]`, optional): several teachers: each one's weight in the KD target (normalized).
+        teacher_mixture (`str`, defaults to "probability"): how several teachers make one target (``teachers.py``).
+        teacher_column (`str`, optional): a data column naming each row's teacher.
+        feature_teacher (`str`, optional): the teacher the feature terms compare layers with (unset: the first).
+        offload_idle_teachers (`bool`, defaults to False): teachers wait on the CPU, on the device only to score.
         schedules (`list[str]`, optional): the temperature or weights that follow a schedule over optimizer steps,
             as name=kind:start->end[,warmup=N] (``schedules.py``).
         balance_terms (`list[str]`, optional) / balance_momentum (`float`, defaults to 0.9): terms weighed so that
@@ -226,6 +231,45 @@ class DistillationSettings:
             "choices": TEACHER_DTYPES,
         },
     )
+    # Several teachers (teachers.py): teacher_model= a list or a dict {name: teacher}, or --teachers on the command line.
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Several teachers: each one's weight in the KD target, in --teachers order (Python: the order of "
+            "teacher_model=, a list or dict); normalized to sum 1. Unset: equal weights."
+        },
+    )
+    teacher_mixture: str = field(
+        default="probability",
+        metadata={
+            "help": "How several teachers make one KD target: probability = sum_i w_i softmax(z_i/T), a distribution "
+            "any --divergence applies to (with forward_kl: the gradient of the weighted sum of KLs to each teacher); "
+            "geometric = softmax(sum_i w_i z_i/T), their normalized geometric mean, mass only where all agree (with "
+            "reverse_kl: the gradient of the weighted sum of reverse KLs).",
+            "choices": TEACHER_MIXTURES,
+        },
+    )
+    teacher_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "A data column naming each row's teacher: that row's KD target is its teacher alone (an empty name: "
+            "the mixture). A name that is not a teacher of the run is an error before training."
+        },
+    )
+    feature_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several teachers: the one whose layers the feature terms (hidden, attention, norm, relation) "
+            "compare and, from the command line, the student is copied from. Unset: the first."
+        },
+    )
+    offload_idle_teachers: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the teachers on the CPU and move each to the device only for its own forward pass, so the "
+            "device holds the student and one teacher at a time (each step then copies the teachers' weights)."
+        },
+    )
     term_weights: list[str] | None = field(
         default=None,
         metadata={
@@ -338,11 +382,33 @@ class DistillationSettings:
             raise InputError(f"kd_chunk_elements must be a positive integer, got {self.kd_chunk_elements!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise InputError(f"unknown teacher_dtype {self.teacher_dtype!r}; choose one of: {', '.join(TEACHER_DTYPES)}")
+        check_teacher_settings(self)
 
     @classmethod
     def from_arguments(cls, args) -> DistillationSettings:
         """The settings carried by ``args``, or the defaults when ``args`` is a plain ``TrainingArguments``."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def check_teacher_settings(settings) -> None:
+    """The settings of several teachers: weights finite, >= 0 and not all 0; a known mixture; non-empty names."""
+    weights = settings.teacher_weights
+    if weights is not None:
+        if isinstance(weights, (int, float)):
+            weights = settings.teacher_weights = [weights]
+        if not weights or any(
+            isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0
+            for weight in weights
+        ):
+            raise InputError(f"teacher_weights must be finite numbers >= 0, one per teacher, got {weights!r}")
+        if sum(weights) <= 0:
+            raise InputError("teacher_weights are all 0, so no teacher would count; give at least one a weight above 0")
+    if settings.teacher_mixture not in TEACHER_MIXTURES:
+        raise InputError(f"unknown teacher_mixture {settings.teacher_mixture!r}; choose one of: {', '.join(TEACHER_MIXTURES)}")
+    for name in ("teacher_column", "feature_teacher"):
+        value = getattr(settings, name)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise InputError(f"{name} must be a non-empty name, got {value!r}")
 
 
 def parse_term_weights(values) -> dict[str, float]:
@@ -405,6 +471,14 @@ class ModelArguments:
     teacher_local_path: str | None = field(
         default=None, metadata={"help": "Local folder of the teacher; takes precedence over --teacher."}
     )
+    teachers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Several teachers distilled into one student (distill, cache_teacher), as NAME=PATH or PATH (named "
+            "by its folder), sharing one tokenizer; instead of --teacher. --teacher_weights weighs them, "
+            "--teacher_column routes rows to them, --feature_teacher names the one the student is copied from."
+        },
+    )
     custom_tokenizer_local_path: str | None = field(
         default=None, metadata={"help": "Local folder of the tokenizer; default: the teacher's."}
     )
@@ -448,10 +522,37 @@ class ModelArguments:
         check_at_least(self, ("num_encoder_layers", "num_decoder_layers", "num_layers", "hidden_dim", "vocab_size"), 1)
         check_at_least(self, ("scratch_hidden_size", "scratch_num_layers"), 1)
         check_at_least(self, ("scratch_vocab_size",), 16)  # room for the special tokens and some words
+        if self.teachers is not None:
+            if isinstance(self.teachers, str):
+                self.teachers = [self.teachers]
+            if self.teacher or self.teacher_local_path:
+                raise InputError("pass --teacher (one teacher) or --teachers (several), not both")
+            self.named_teachers  # noqa: B018 -- the entries are checked now, before anything loads
 
     @property
     def teacher_source(self) -> str | None:
         return self.teacher_local_path or self.teacher
+
+    @property
+    def named_teachers(self) -> dict[str, str]:
+        """{name: path} of ``--teachers`` (empty without it)."""
+        return parse_teacher_entries(self.teachers) if self.teachers else {}
+
+
+def parse_teacher_entries(entries) -> dict[str, str]:
+    """``--teachers`` entries, ``NAME=PATH`` or ``PATH`` (named by its folder), as {name: path}."""
+    named: dict[str, str] = {}
+    for entry in entries:
+        name, path = entry.split("=", 1) if "=" in entry else (os.path.basename(os.path.normpath(entry)), entry)
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise InputError(f"--teachers entry {entry!r} is not NAME=PATH or PATH; e.g. --teachers big=models/a small=models/b")
+        if name in named:
+            raise InputError(f"--teachers names {name!r} twice; name each teacher apart, as NAME=PATH")
+        named[name] = path
+    if not named:
+        raise InputError("--teachers is empty; give one or more teachers, as NAME=PATH or PATH")
+    return named
 
 
 @dataclass
@@ -919,6 +1020,13 @@ def check_pipeline_training(training_args) -> None:
         raise InputError(
             "pipeline runs several trainings; resume the one that stopped with train_teacher / distill and its output folder"
         )
+
+
+def check_one_teacher(model_args: ModelArguments, command: str) -> None:
+    """``--teachers`` (several teachers) is for ``distill`` and ``cache_teacher``; the other commands take one."""
+    if model_args.teachers:
+        hint = "benchmark them with --models" if command == "benchmark" else "give one --teacher"
+        raise InputError(f"--teachers is for distill and cache_teacher; {command} takes one teacher: {hint}")
 
 
 def check_cache_destination(training_args) -> None:

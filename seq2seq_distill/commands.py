@@ -25,6 +25,7 @@ from .arguments import (
     PseudoLabelArguments,
     check_cache_destination,
     check_cached_student,
+    check_one_teacher,
     check_pipeline_training,
 )
 from .checkpoints import check_resume
@@ -34,10 +35,19 @@ from .errors import InputError
 from .features import pair_layers
 from .inference import teacher_outputs
 from .model_cards import ModelRun, save_model_card, update_model_cards
-from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_config
+from .modeling import (
+    freeze_teacher,
+    has_tokenizer,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    task_of_config,
+)
 from .processes import default_device, is_main_process
 from .students import check_student_plan, plan_layers, requested_layers, student_config
 from .teacher_cache import build_teacher_cache, load_teacher_cache
+from .teachers import MixtureTeacher, TeacherSet
 from .terms import plan_terms
 from .trainer import check_cross_tokenizer_plan
 from .training import (
@@ -48,18 +58,24 @@ from .training import (
     ce_only,
     check_eval_metrics,
     check_lora_run,
+    check_teacher_column,
+    check_teacher_tokenizers,
     evaluates,
+    feature_teacher_arguments,
     load_data,
     load_teacher_and_tokenizer,
+    load_teachers,
     lora_adapted,
     own_student_tokenizer,
     resolve_model_type_and_task,
     run_name,
+    run_teacher_names,
     scratch_teacher,
     student_tokenizer_and_data,
     teacher_config,
     train_model,
     with_overrides,
+    with_teacher_column,
 )
 
 __all__ = [
@@ -81,6 +97,7 @@ logger = logging.getLogger(__name__)
 
 def train_teacher(model_args, data_args, training_args, pipeline_args: PipelineArguments | None = None) -> TrainedModel:
     """Fine-tune the given teacher on the task, or train a small one from scratch when none is given."""
+    check_one_teacher(model_args, "train_teacher")
     check_resume(training_args)
     model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
@@ -102,6 +119,7 @@ def _train_teacher_model(teacher, tokenizer, data, training_args, pipeline_args,
 
 def make_student(model_args: ModelArguments, training_args, output_dir: str) -> str:
     """Build a layer-copied student of the teacher and save it with the teacher's tokenizer (no training)."""
+    check_one_teacher(model_args, "make_student")
     config = teacher_config(model_args)
     if config is None:
         raise InputError("make_student needs a teacher: pass --teacher (a hub name or folder) or --teacher_local_path")
@@ -120,18 +138,25 @@ def make_student(model_args: ModelArguments, training_args, output_dir: str) -> 
 
 
 def distill(model_args, data_args, training_args, lora_args: LoraArguments | None = None) -> TrainedModel:
-    """Distill the teacher into a student built from the layer flags (or given with --student); with ``lora_args``
-    (--lora_r) the student is that model with a LoRA adapter, the only part trained (``training.build_lora_student``)."""
+    """Distill the teacher (or several, ``--teachers``) into a student built from the layer flags (or given with
+    --student). With several, the feature teacher's config, tokenizer and layers make the data and the student; with
+    ``lora_args`` (--lora_r) the student is that model with a LoRA adapter, the only part trained
+    (``training.build_lora_student``)."""
     check_resume(training_args)
     lora_args = lora_args or LoraArguments()
     if training_args.teacher_cache:
         return distill_from_cache(model_args, data_args, training_args, lora_args)
+    names, as_given = run_teacher_names(model_args), model_args
+    model_args = feature_teacher_arguments(model_args, data_args, training_args)
     config = teacher_config(model_args)
     check_lora_run(lora_args, model_args, data_args, training_args, config)
     model_type, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
-        raise InputError("distill needs a teacher: pass --teacher or --teacher_local_path (pipeline trains one for you)")
+        raise InputError(
+            "distill needs a teacher: pass --teacher, --teacher_local_path or --teachers (pipeline trains one for you)"
+        )
     check_student_plan(model_args, training_args, config, task)
+    check_teacher_column(raw, training_args, names)
     reads_teacher = plan_terms(training_args).needs_teacher
 
     def check_student_tokenizer(teacher_tokenizer):
@@ -140,6 +165,7 @@ def distill(model_args, data_args, training_args, lora_args: LoraArguments | Non
         check_cross_tokenizer_plan(task, training_args, student_tokenizer is not None)
         if student_tokenizer is not None and plan_terms(training_args).has("matched_kl_loss"):
             vocabulary_map(student_tokenizer, teacher_tokenizer)  # no shared token: an error now (the trainer reuses it)
+        check_teacher_tokenizers(as_given, teacher_tokenizer)
 
     teacher, teacher_tokenizer, data = load_teacher_and_tokenizer(
         model_args, task, config, raw, data_args, training_args.seed, check_tokenizer=check_student_tokenizer
@@ -154,6 +180,12 @@ def distill(model_args, data_args, training_args, lora_args: LoraArguments | Non
     # No term runs the teacher (CE only, e.g. on its pseudo-labels): the trainer gets none, as a baseline's does, so
     # a student of another family or tokenizer is not checked against a teacher it never meets.
     live_teacher = teacher if reads_teacher else None
+    if reads_teacher and as_given.named_teachers:
+        live_teacher = load_teachers(as_given, training_args, teacher, task, data, training_args.seed)
+    elif reads_teacher and training_args.teacher_column:
+        live_teacher = {names[0]: teacher}  # the name the data's rows were checked against
+    if reads_teacher:
+        data = with_teacher_column(data, training_args.teacher_column)
     del teacher  # one the trainer does not get (CE only, or the source of a self-distilled copy) is freed now
     return train_model(run_name(training_args), student, live_teacher, data, tokenizer, training_args, training_args.output_dir)
 
@@ -161,6 +193,10 @@ def distill(model_args, data_args, training_args, lora_args: LoraArguments | Non
 def distill_from_cache(model_args, data_args, training_args, lora_args: LoraArguments | None = None) -> TrainedModel:
     """Distill from a teacher cache (``cache_teacher``): the teacher is never loaded, so the student is given (with
     ``lora_args``: a LoRA adapter on it, which alone is trained)."""
+    if model_args.teachers:
+        raise InputError(
+            "--teacher_cache replaces the live teachers (cache_teacher --teachers caches their mixture): drop --teachers"
+        )
     lora_args = lora_args or LoraArguments()
     check_lora_run(lora_args, model_args, data_args, training_args, None)
     if data_args.transfer_dataset_local_path or data_args.transfer_dataset or data_args.augment_copies:
@@ -189,16 +225,41 @@ def distill_from_cache(model_args, data_args, training_args, lora_args: LoraArgu
 
 def cache_teacher(model_args, data_args, training_args, cache_args: CacheArguments) -> str:
     """Run the teacher once over the data and store its top-k log-probabilities for ``distill --teacher_cache``
-    (with ``--cache_hidden_states``, the hidden states of the layers the student's feature terms read too)."""
+    (with ``--cache_hidden_states``, the hidden states of the layers the student's feature terms read too).
+
+    With ``--teachers``, one cache of their mixture (``teachers.MixtureTeacher``): ``distill --teacher_cache`` then
+    distills the mixture as it would one teacher."""
     check_cache_destination(training_args)
     path = training_args.teacher_cache
+    if training_args.teacher_column:
+        raise InputError(
+            "a teacher cache holds one target per row, the mixture of --teachers; --teacher_column routing needs the "
+            "live teachers (distill --teachers), or drop --teacher_column"
+        )
+    as_given = model_args
+    model_args = feature_teacher_arguments(model_args, data_args, training_args)
     # The same splits as the distill run it serves: that run reads the validation split only if it evaluates.
     _, task, raw, config = load_data(model_args, data_args, training_args)
     if config is None:
-        raise InputError("cache_teacher needs a teacher: pass --teacher or --teacher_local_path")
+        raise InputError("cache_teacher needs a teacher: pass --teacher, --teacher_local_path or --teachers")
     hidden_layers = _cached_hidden_layers(model_args, training_args, config) if cache_args.cache_hidden_states else None
-    teacher, tokenizer, data = load_teacher_and_tokenizer(model_args, task, config, raw, data_args, training_args.seed)
-    teacher.to(default_device(use_cpu=training_args.use_cpu))
+    teacher, tokenizer, data = load_teacher_and_tokenizer(
+        model_args,
+        task,
+        config,
+        raw,
+        data_args,
+        training_args.seed,
+        check_tokenizer=lambda teacher_tokenizer: check_teacher_tokenizers(as_given, teacher_tokenizer),
+    )
+    device = default_device(use_cpu=training_args.use_cpu)
+    if as_given.named_teachers:
+        teachers = load_teachers(as_given, training_args, teacher, task, data, training_args.seed)
+        home = "cpu" if training_args.offload_idle_teachers else device  # offloaded: on the device only to score
+        frozen = [freeze_teacher(each, home, next(each.parameters()).dtype) for each in teachers.values()]
+        teacher = MixtureTeacher(TeacherSet(list(teachers), frozen, training_args, device), training_args.temperature)
+    else:
+        teacher.to(device)
     return build_teacher_cache(
         teacher,
         tokenizer,
@@ -230,6 +291,7 @@ def _cached_hidden_layers(model_args, training_args, teacher_config) -> dict[str
 
 def pseudo_label(model_args, data_args, pl_args: PseudoLabelArguments) -> str:
     """The teacher's outputs replace the targets of the chosen splits; the result is a dataset ``distill`` reads."""
+    check_one_teacher(model_args, "pseudo_label")
     destination = pl_args.destination
     if (
         os.path.isdir(destination)
@@ -281,6 +343,7 @@ def benchmark_command(model_args: ModelArguments, data_args: DataArguments, args
     --custom_tokenizer_local_path)."""
     from .benchmark import run_benchmark  # its metrics (nltk) take a second to import: only the commands that measure
 
+    check_one_teacher(model_args, "benchmark")
     named = args.named_models()
     settings = args.settings_of_models()  # --model_groups: checked before any model is loaded
     if not is_main_process():  # under torchrun: one process measures and writes, the others would only compete with it
@@ -348,6 +411,7 @@ def run_pipeline(
     from .benchmark import run_benchmark
 
     root = training_args.output_dir
+    check_one_teacher(model_args, "pipeline")
     check_pipeline_training(training_args)
     seed_runs = _seed_runs(training_args, pipeline_args.seeds)
     model_type, task, raw, config = load_data(model_args, data_args, training_args)

@@ -18,6 +18,7 @@ without it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -126,6 +127,22 @@ class SelfTeacher:
 
     def get_base_model(self) -> torch.nn.Module:
         return self._student.get_base_model()
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        """The teacher's weights: the base model's without the adapter's and without the trained copies of saved
+        modules (both switched off in the teacher)."""
+        state = self._student.get_base_model().state_dict(*args, **kwargs)
+        return {name: value for name, value in state.items() if "lora_" not in name and "modules_to_save" not in name}
+
+    def fingerprint(self) -> str:
+        """What ``teachers.json`` records of this teacher: its weights only. The config is the training student's,
+        which the Trainer changes when training starts (it copies the tokenizer's special-token ids into it), so a
+        resumed run would not be recognized as the same teacher; the adapter trains, the weights here do not."""
+        state = self.state_dict()
+        digest = hashlib.sha256()
+        for name in sorted(state):
+            digest.update(name.encode() + state[name].detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def __getattr__(self, name: str):
         if name.startswith("__") or name == "_student":  # copy / pickle probes, and the slot itself during copying

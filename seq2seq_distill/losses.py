@@ -132,6 +132,73 @@ def logit_distillation_loss(
     return divergence_fn(student_log_probs, teacher_log_probs, beta).sum() * temperature**2
 
 
+# ---- several teachers: one target ------------------------------------------------------------------------------
+
+# probability: log sum_i w_i softmax(z_i / T), the arithmetic mixture; geometric: log_softmax(sum_i w_i log_softmax(z_i / T)).
+TEACHER_MIXTURES = ("probability", "geometric")
+
+
+def add_to_teacher_mixture(
+    mixture: torch.Tensor | None,
+    teacher_logits: torch.Tensor,
+    weight: float | torch.Tensor,
+    *,
+    temperature: float,
+    kind: str = "probability",
+) -> torch.Tensor:
+    """Fold one teacher into a running mixture (``None`` before the first); :func:`finish_teacher_mixture` ends it.
+
+    ``teacher_logits`` ``[B, ..., V]``; ``weight`` a number or ``[B]`` (one per example, broadcast over the other
+    dimensions: routing gives each row its own teacher). The running value is float32 ``[B, ..., V]``: for
+    ``probability`` ``log sum_i w_i p_i`` of the teachers so far, for ``geometric`` ``sum_i w_i log p_i``, with
+    ``p_i = softmax(z_i / T)``. One teacher at a time, so a trainer holds one teacher's logits beside the running
+    value, never all of them.
+    """
+    log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    weight = torch.as_tensor(weight, dtype=torch.float32, device=log_probs.device)
+    weight = weight.reshape(weight.shape + (1,) * (log_probs.dim() - weight.dim()))
+    if kind == "probability":
+        term = log_probs + weight.log()  # log 0 = -inf: a row that does not use this teacher gets nothing from it
+        return term if mixture is None else torch.logaddexp(mixture, term)
+    if kind == "geometric":
+        term = torch.where(weight > 0, log_probs * weight, 0.0)  # 0 * -inf would be nan
+        return term if mixture is None else mixture + term
+    raise ValueError(f"unknown teacher mixture {kind!r}; choose one of: {', '.join(TEACHER_MIXTURES)}")
+
+
+def finish_teacher_mixture(mixture: torch.Tensor) -> torch.Tensor:
+    """The mixture's log-probabilities: normalized over the last dimension (the geometric mean needs it; for the
+    arithmetic one, whose weights sum to 1, it only removes float rounding)."""
+    return F.log_softmax(mixture, dim=-1)
+
+
+def teacher_mixture_log_probs(
+    teacher_logits: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    weights: torch.Tensor | list[float],
+    *,
+    temperature: float,
+    kind: str = "probability",
+) -> torch.Tensor:
+    """The KD target of several teachers as log-probabilities, float32 ``[B, ..., V]``.
+
+    ``teacher_logits``: K tensors ``[B, ..., V]``; ``weights``: ``[K]`` or ``[B, K]`` (per example), normalized to
+    sum 1 here. ``probability`` (the default) is ``log sum_i w_i softmax(z_i / T)``: one target distribution, so
+    every divergence applies to it unchanged and T² and the row counts stay those of single-teacher KD; with forward
+    KL its gradient is exactly that of the weighted sum of KLs to each teacher (the two differ by a constant). A sum
+    of reverse KLs to each teacher is minimized instead by their normalized geometric mean, ``geometric`` here
+    (``softmax(sum_i w_i z_i / T)``: averaged logits), which puts mass only where all teachers agree; with reverse KL
+    it has that sum's gradient.
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    if weights.shape[-1] != len(teacher_logits):
+        raise ValueError(f"{weights.shape[-1]} weights for {len(teacher_logits)} teachers")
+    weights = weights / weights.sum(-1, keepdim=True)
+    mixture = None
+    for index, logits in enumerate(teacher_logits):
+        mixture = add_to_teacher_mixture(mixture, logits, weights[..., index], temperature=temperature, kind=kind)
+    return finish_teacher_mixture(mixture)
+
+
 def _log_tail(top_log_probs: torch.Tensor) -> torch.Tensor:
     """log(1 - sum(exp(top))) per row: the log-mass outside the top-k, floored so an empty tail stays finite."""
     covered = torch.logsumexp(top_log_probs, dim=-1, keepdim=True).exp()
@@ -330,10 +397,13 @@ def universal_logit_distillation_loss(
 
 __all__ = [
     "DIVERGENCES",
+    "TEACHER_MIXTURES",
+    "add_to_teacher_mixture",
     "align_attention_heads",
     "attention_relation_loss",
     "attention_transfer_loss",
     "cross_entropy_sum",
+    "finish_teacher_mixture",
     "forward_kl",
     "generalized_jsd",
     "get_divergence",
@@ -346,5 +416,6 @@ __all__ = [
     "skew_kl",
     "skew_reverse_kl",
     "sorted_probability_l1",
+    "teacher_mixture_log_probs",
     "universal_logit_distillation_loss",
 ]

@@ -67,4 +67,4 @@ def embedded_defaults(model_type: str | None, command: str | None = None) -> dic
 
 
 # The embedded preset applies only when none of these is given (as a flag or config key) and no --config is.
-DATA_SOURCE_KEYS = ("dataset", "dataset_local_path", "teacher", "teacher_local_path")
+DATA_SOURCE_KEYS = ("dataset", "dataset_local_path", "teacher", "teacher_local_path", "teachers")

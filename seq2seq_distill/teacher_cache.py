@@ -228,7 +228,7 @@ def _cache_rows(teacher, tokenizer, task, dataset, k, temperature, batch_size, s
     Examples are read in windows, sorted by length inside a window (less padding) and yielded back in order, so
     memory stays bounded by one window whatever the data size.
     """
-    device = next(teacher.parameters()).device
+    device = teacher.device  # several teachers (teachers.MixtureTeacher) may wait on the CPU and score elsewhere
     collator = collator_for(task, tokenizer, teacher)
     window = batch_size * 64
     progress = tqdm(total=len(dataset), desc=f"caching teacher on {split}")

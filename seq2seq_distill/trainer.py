@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections import defaultdict
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .arguments import DistillationSettings
 from .chunked_kd import CachedTeacherRows, LiveTeacherRows, ce_kd_row_pass
@@ -54,11 +56,28 @@ from .placement import shard_teacher
 from .policy import PG_SAMPLES, PolicyDistillation, StepClock
 from .schedules import attach_schedules, check_cache_temperature, observe_step, scheduled_logs
 from .teacher_cache import CACHE_COLUMNS, CACHE_INDICES, CACHE_LOG_PROBS
+from .teachers import (
+    ROUTE_COLUMN,
+    TeacherSet,
+    check_resume_teachers,
+    check_teacher_set_plan,
+    route_rows,
+    teacher_names,
+    write_teacher_record,
+)
 from .terms import StepPositions, TermInputs, TermPlan, describe_weights, plan_terms, weight_of
 
 logger = logging.getLogger(__name__)
 
-_NOT_MODEL_INPUTS = ("labels", KD_ONLY_COLUMN, *CACHE_COLUMNS, PG_SAMPLES, *TEACHER_COLUMNS.values(), *SPAN_COLUMNS.values())
+_NOT_MODEL_INPUTS = (
+    "labels",
+    KD_ONLY_COLUMN,
+    ROUTE_COLUMN,
+    *CACHE_COLUMNS,
+    PG_SAMPLES,
+    *TEACHER_COLUMNS.values(),
+    *SPAN_COLUMNS.values(),
+)
 _FEATURE_OUTPUT_KEYS = (
     "hidden_states",
     "attentions",
@@ -74,7 +93,9 @@ __all__ = ["PROJECTIONS_ATTR", "DistillationMixin", "DistillationTrainer", "Seq2
 class DistillationMixin:
     """Adds ``teacher_model=`` (or ``teacher_cache=``, a loaded :class:`~seq2seq_distill.teacher_cache.TeacherCache`)
     and the distillation ``compute_loss`` to a Trainer class. ``teacher_tokenizer=``: the teacher's, when it is not
-    the student's (``processing_class``) and ``matched_kl_weight`` > 0 needs the tokens both vocabularies share."""
+    the student's (``processing_class``) and ``matched_kl_weight`` > 0 needs the tokens both vocabularies share.
+    ``teacher_model=`` a list or a dict {name: teacher}: several teachers, whose KD target is one mixture
+    (``teachers.py``)."""
 
     # Every term is divided by step-wide counts, so the Trainer must not divide by the accumulation steps again.
     loss_is_scaled_for_ga = True
@@ -105,7 +126,11 @@ class DistillationMixin:
                 )
             mapping = vocabulary_map(self.processing_class, teacher_tokenizer)
             self.shared_tokens = (mapping, shared_token_table(mapping, output_rows(student)))
+        self.teachers: TeacherSet | None = None  # every live teacher; self.teacher is the one the feature terms use
         self.teacher = self._setup_teacher(teacher_model)
+        if self.teachers is not None:
+            check_teacher_set_plan(self.plan, self.teachers, self.cross_tokenizer)
+        self._route_rows()
         self.output_size = self._shared_output_rows(student)
         # A teacher cache pairs layers with the teacher's config it keeps, and must hold every layer they read.
         layer_teacher = teacher_cache.teacher_config if teacher_cache is not None else self.teacher
@@ -135,15 +160,39 @@ class DistillationMixin:
         # Kept through remove_unused_columns: the transfer-set mark, the cached teacher rows, the teacher's tokenization.
         kept = [
             KD_ONLY_COLUMN,
+            ROUTE_COLUMN,
             *(CACHE_COLUMNS if self.cached_teacher is not None else ()),
             *TEACHER_COLUMNS.values(),
             *SPAN_COLUMNS.values(),
         ]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *kept]))
 
-    def _setup_teacher(self, teacher_model: PreTrainedModel | str | None) -> PreTrainedModel | None:
+    def _setup_teacher(self, teacher_model) -> PreTrainedModel | None:
+        """Load, check, freeze and place every teacher (``self.teachers``); returns the feature teacher."""
         if teacher_model is None:
             return None
+        names, models = teacher_names(teacher_model)
+        sharded = getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
+        offload = self.distillation.offload_idle_teachers
+        if offload and sharded:
+            raise InputError(
+                "offload_idle_teachers moves whole teachers between the CPU and the device, and DeepSpeed / FSDP shard "
+                "them across processes: drop one of the two"
+            )
+        dtype = resolve_teacher_dtype(self.distillation.teacher_dtype, self.args.device, self.args.bf16, self.args.fp16)
+        home = torch.device("cpu") if offload else self.args.device  # offloaded: on the device only to score
+        loaded = [self._loaded_teacher(model) for model in models]
+        if any(isinstance(model, SelfTeacher) for model in loaded):  # the student's own weights, switched to its base
+            check_self_distillation(self.plan)
+        # Freezing, casting, moving or sharding a self-distillation teacher would do it to the student.
+        frozen = [model if isinstance(model, SelfTeacher) else freeze_teacher(model, home, dtype) for model in loaded]
+        self.teachers = TeacherSet(names, frozen, self.distillation, self.args.device)
+        if sharded:
+            self.teachers.fingerprints()  # of the whole weights, before sharding splits them
+        self.teachers.models = [model if isinstance(model, SelfTeacher) else self._shard_teacher(model) for model in frozen]
+        return self.teachers.feature_model
+
+    def _loaded_teacher(self, teacher_model: PreTrainedModel | str) -> PreTrainedModel:
         if isinstance(teacher_model, str):
             teacher_model = load_model(teacher_model, self.task)
         teacher_task = task_of_model(teacher_model)
@@ -152,11 +201,25 @@ class DistillationMixin:
                 f"the student is a {self.task} model but the teacher is a {teacher_task} model; use a teacher with "
                 "the same kind of head"
             )
-        if isinstance(teacher_model, SelfTeacher):  # the student's own weights: freezing or casting them would hit it
-            check_self_distillation(self.plan)
-            return teacher_model
-        dtype = resolve_teacher_dtype(self.distillation.teacher_dtype, self.args.device, self.args.bf16, self.args.fp16)
-        return self._shard_teacher(freeze_teacher(teacher_model, self.args.device, dtype))
+        return teacher_model
+
+    def _route_rows(self) -> None:
+        """``teacher_column``: the teacher names of every dataset's rows become teacher indices, checked now."""
+        column = self.distillation.teacher_column
+        if not column:
+            return
+        if self.teachers is None:
+            raise InputError(
+                f"teacher_column {column!r} routes rows to live teachers; pass teacher_model= (a teacher cache holds "
+                "one target for every row), or drop teacher_column"
+            )
+        names = self.teachers.names
+        if self.train_dataset is not None:
+            self.train_dataset = route_rows(self.train_dataset, column, names, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {split: route_rows(data, column, names, split) for split, data in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = route_rows(self.eval_dataset, column, names, "evaluation")
 
     def _shard_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
         """The frozen teacher, sharded for inference under DeepSpeed ZeRO-3 or FSDP2 (see ``placement.py``)."""
@@ -176,9 +239,13 @@ class DistillationMixin:
             return None  # across tokenizers the token-level terms compare aligned spans, not rows of one vocabulary
         tokenizer = self.processing_class
         tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-        rows = shared_output_size(output_rows(student), output_rows(self.teacher), tokenizer_size, self.task)
+        rows = min(
+            shared_output_size(output_rows(student), output_rows(teacher), tokenizer_size, self.task)
+            for teacher in self.teachers.models
+        )
         if self.task == "classification":
-            check_same_labels(student, self.teacher)
+            for teacher in self.teachers.models:
+                check_same_labels(student, teacher)
         return rows
 
     # ---- step-wide counts --------------------------------------------------------------------------------------
@@ -267,10 +334,13 @@ class DistillationMixin:
                 if self.task == "seq2seq":  # teacher-forced on its own tokenization of the target
                     teacher_labels = inputs[TEACHER_COLUMNS["labels"]]
                     source["decoder_input_ids"] = self.teacher.prepare_decoder_input_ids_from_labels(labels=teacher_labels)
-            teacher_inputs = {k: v for k, v in source.items() if k in self._teacher_input_names}
             teacher_layers = [(each.stacks.teacher, each.teacher_layer) for each in relations]
             with torch.no_grad(), capture_self_attention(self.teacher, teacher_layers) as teacher_qkv:
-                teacher_outputs = self.teacher(**teacher_inputs, **extra_outputs)
+                if self.teachers.plain:
+                    teacher_inputs = {k: v for k, v in source.items() if k in self._teacher_input_names}
+                    teacher_outputs = self.teacher(**teacher_inputs, **extra_outputs)
+                else:
+                    teacher_outputs = self._scored_by_teachers(source, inputs, extra_outputs, training)
 
         positions = self._step_positions(inputs, num_items_in_batch, training=training)
         loss, terms = self.distillation_terms(
@@ -289,6 +359,21 @@ class DistillationMixin:
         # Hidden states and attentions were for the loss only; the evaluation loop must not collect them.
         kept = {key: value for key, value in student_outputs.items() if key not in _FEATURE_OUTPUT_KEYS}
         return loss, type(student_outputs)(**kept)
+
+    def _scored_by_teachers(self, source: dict, inputs: dict, extra_outputs: dict, training: bool):
+        """Several teachers (or an offloaded one): their one KD target as logits, beside the feature teacher's
+        hidden states or attentions (``TeacherSet.score``); a teacher no term or row of the batch needs does not run."""
+        plan = self.plan
+        registered = any("teacher_outputs" in term.needs for term in plan.registered if training or not term.training_only)
+        return self.teachers.score(
+            source,
+            extra_outputs,
+            route=inputs.get(ROUTE_COLUMN),
+            temperature=self.distillation.temperature,
+            output_rows=self.output_size,
+            target_needed=plan.kd or bool(plan.group("cross_tokenizer")) or registered,
+            features_needed=plan.needs("layer_pairs", training=training) or registered,
+        )
 
     def distillation_terms(
         self,
@@ -431,13 +516,27 @@ class DistillationMixin:
 
     def train(self, *args, **kwargs):
         """The Trainer's loop; afterwards the model has its inference ``use_cache`` back (a student copied from a
-        teacher trained here must not inherit the training value)."""
+        teacher trained here must not inherit the training value). A checkpoint resumed from must have been trained
+        with this run's teachers (``teachers.json``, written by ``_save_checkpoint``)."""
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if resume is True:
+            resume = get_last_checkpoint(self.args.output_dir)
+        if isinstance(resume, str):
+            check_resume_teachers(resume, self.teachers)
         try:
             return super().train(*args, **kwargs)
         finally:
             config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
             if config is not None and self._inference_use_cache is not None:
                 config.use_cache = self._inference_use_cache
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, with ``teachers.json`` (the teachers it was trained with) written before the
+        Trainer's files, so a complete checkpoint always holds it."""
+        if self.teachers is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            write_teacher_record(folder, self.teachers)
+        super()._save_checkpoint(model, trial)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save with the model's inference defaults: a saved student must not load with its KV cache off."""

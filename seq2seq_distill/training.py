@@ -10,6 +10,7 @@ folder, Trainer checkpoints to ``<output>/checkpoints``, every logged value to `
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +40,15 @@ from .model_cards import describe_run, save_model_card
 from .modeling import has_tokenizer, load_config, load_model, load_tokenizer, resolve_model_path, task_of_model
 from .reports import write_json
 from .students import LAYER_MAP_NAMES, MODEL_TYPE_OF_FAMILY, create_student, student_config
+from .teachers import (
+    describe_teachers,
+    feature_index,
+    feature_teacher_of,
+    normalized_weights,
+    route_indices,
+    several,
+    teacher_names,
+)
 from .terms import ce_only_settings, plan_terms
 from .tiny import tiny_model, train_tokenizer
 from .trainer import DistillationTrainer, Seq2SeqDistillationTrainer
@@ -54,19 +64,25 @@ __all__ = [
     "check_lora_run",
     "evaluates",
     "label_overrides",
+    "check_teacher_column",
+    "check_teacher_tokenizers",
     "load_data",
+    "load_teachers",
     "lora_adapted",
     "own_student_tokenizer",
     "load_teacher_and_tokenizer",
     "resolve_model_type_and_task",
     "run_name",
+    "run_teacher_names",
     "scratch_teacher",
+    "feature_teacher_arguments",
     "student_tokenizer_and_data",
     "task_metrics",
     "teacher_config",
     "train_model",
     "validate_by_generation",
     "with_overrides",
+    "with_teacher_column",
 ]
 
 logger = logging.getLogger(__name__)
@@ -425,12 +441,21 @@ def train_model(
     teacher_source: str | None = None,
 ) -> TrainedModel:
     """One training run with the shared trainer; saves the final model, tokenizer, every logged value and the model
-    card (``model_cards``), which names the teacher by ``teacher_source`` (unset: where ``teacher`` was loaded from)."""
+    card (``model_cards``), which names the teacher by ``teacher_source`` (unset: where ``teacher`` was loaded from).
+
+    ``teacher``: one model, or several as {name: model} (``teachers.py``); a transfer set's targets are then written
+    by the feature teacher, and the card names every teacher with its weight."""
     checkpoints = os.path.join(output_dir, CHECKPOINTS_DIR)
     args = with_overrides(training_args, output_dir=checkpoints)
     trainer_class = Seq2SeqDistillationTrainer if data.task == "seq2seq" else DistillationTrainer
     evaluate = args.eval_strategy != "no"  # the Trainer's own evaluation (evaluates() also covers generation)
-    train_dataset = training_rows(data, data.tokenized["train"], teacher, tokenizer, training_args)
+    primary = feature_teacher_of(teacher, training_args)
+    if several(teacher) and len(teacher) > 1 and teacher_source is None:
+        names, models = teacher_names(teacher)
+        weights = normalized_weights(training_args.teacher_weights, len(names))
+        sources = [getattr(model, "name_or_path", None) for model in models]
+        teacher_source = describe_teachers(names, weights, training_args.teacher_mixture, sources)
+    train_dataset = training_rows(data, data.tokenized["train"], primary, tokenizer, training_args)
     eval_dataset = data.tokenized["validation"] if evaluate else None
     collator = collator_for(data.task, tokenizer, model, teacher_tokenizer=data.teacher_tokenizer)
     compute_metrics, predicted = task_metrics(data.task, tokenizer, data.label_names, args.predict_with_generate)
@@ -478,7 +503,7 @@ def train_model(
             model,
             training_args,
             data,
-            teacher=teacher,
+            teacher=primary,
             teacher_source=teacher_source,
             teacher_cache=teacher_cache,
             steps=trainer.state.global_step,
@@ -489,6 +514,102 @@ def train_model(
     if stop.received is not None:  # the signal came at the very last step: finished and saved, but stop here
         raise TrainingInterrupted(stop.received, trainer.state.global_step, finished_in=output_dir)
     return TrainedModel(name, output_dir, metrics)
+
+
+# ---- several teachers (--teachers) -----------------------------------------------------------------------------
+
+
+def run_teacher_names(model_args: ModelArguments) -> list[str]:
+    """The names a run calls its teachers by: those of ``--teachers``, else the ``--teacher`` folder's name."""
+    if model_args.named_teachers:
+        return list(model_args.named_teachers)
+    source = model_args.teacher_source
+    return teacher_names(source)[0] if source else []
+
+
+def feature_teacher_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> ModelArguments:
+    """The checks of the teacher settings that need no weights, and for ``--teachers`` a copy of the model arguments
+    whose ``--teacher`` is the feature teacher: its config, tokenizer and layers make the run's data and student."""
+    names = run_teacher_names(model_args)
+    if not names:
+        return model_args
+    normalized_weights(training_args.teacher_weights, len(names))
+    feature = names[feature_index(names, training_args.feature_teacher)]
+    transfer = data_args.transfer_dataset or data_args.transfer_dataset_local_path or data_args.augment_copies
+    if training_args.teacher_column and transfer:
+        raise InputError(
+            "--teacher_column routes rows named in the data, and transfer or augmented rows name no teacher: drop "
+            "the transfer / augmentation flags or --teacher_column"
+        )
+    if not model_args.named_teachers:
+        return model_args
+    return dataclasses.replace(model_args, teacher=model_args.named_teachers[feature], teacher_local_path=None, teachers=None)
+
+
+def check_teacher_column(raw: DatasetDict, training_args, names: list[str]) -> None:
+    """``--teacher_column`` is in the training (and validation) data and names only the run's teachers: checked on the
+    raw rows, before any weights are loaded."""
+    column = training_args.teacher_column
+    if not column:
+        return
+    for split in ("train", "validation"):
+        if split not in raw:
+            continue
+        if column not in raw[split].column_names:
+            raise InputError(
+                f"--teacher_column {column!r} is not a column of the {split} data (columns: "
+                f"{', '.join(raw[split].column_names)}); add it, each row naming its teacher, or drop --teacher_column"
+            )
+        route_indices(raw[split][column], names, column, split)
+
+
+def with_teacher_column(data: PreparedData, column: str | None) -> PreparedData:
+    """The tokenized training and validation rows with the raw ``--teacher_column`` beside them (tokenization maps
+    each raw row to one row, in order); the trainer turns the names into teacher indices."""
+    if column:
+        for split in ("train", "validation"):
+            if split in data.tokenized and column not in data.tokenized[split].column_names:
+                data.tokenized[split] = data.tokenized[split].add_column(column, data.raw[split][column])
+    return data
+
+
+def check_teacher_tokenizers(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every teacher of ``--teachers`` reads the feature teacher's tokenizer: the target mixes rows of one vocabulary."""
+    for name, path in model_args.named_teachers.items():
+        folder = resolve_model_path(path, "--teachers")
+        if not has_tokenizer(folder):
+            continue
+        own = load_tokenizer(folder, flag="--teachers", trust_remote_code=model_args.trust_remote_code)
+        if not same_tokenizer(own, tokenizer):
+            raise InputError(
+                f"teacher {name!r} ({path}) has another tokenizer than the feature teacher; several teachers are mixed "
+                "over one vocabulary: give them one tokenizer, or distill from them one at a time"
+            )
+
+
+def load_teachers(
+    model_args: ModelArguments, training_args, feature_teacher: PreTrainedModel, task: str, data: PreparedData, seed: int = 42
+) -> dict[str, PreTrainedModel]:
+    """{name: teacher} of ``--teachers`` in their order, with ``feature_teacher`` (loaded already) in its place; a head
+    a checkpoint lacks gets the data's labels and is initialized from ``seed``, as the feature teacher's was."""
+    named = model_args.named_teachers
+    feature = list(named)[feature_index(list(named), training_args.feature_teacher)]
+    teachers = {}
+    for name, path in named.items():
+        if name == feature:
+            teachers[name] = feature_teacher
+            continue
+        config = load_config(path, flag="--teachers", trust_remote_code=model_args.trust_remote_code)
+        known = has_trained_labels(config) if task == "classification" else None
+        set_seed(seed)
+        teachers[name] = load_model(
+            path,
+            task,
+            trust_remote_code=model_args.trust_remote_code,
+            flag="--teachers",
+            config_overrides={} if known else label_overrides(task, data.label_names),
+        )
+    return teachers
 
 
 def validate_by_generation(model, tokenizer, data: PreparedData, args, output_dir: str) -> dict:
