@@ -82,6 +82,8 @@ class DistillationSettings:
             as name=kind:start->end[,warmup=N] (``schedules.py``).
         balance_terms (`list[str]`, optional) / balance_momentum (`float`, defaults to 0.9): terms weighed so that
             their running magnitude is a set ratio of CE's, as term=ratio (``schedules.py``).
+        diagnostics (`bool`, defaults to True) / diagnostics_window (`int`, defaults to 50): log the teacher KL,
+            top-k mass, argmax agreement and term shares, and warn about terms that train nothing (``diagnostics.py``).
     """
 
     temperature: float = field(
@@ -305,6 +307,22 @@ class DistillationSettings:
     balance_momentum: float = field(
         default=0.9, metadata={"help": "Momentum of the running magnitudes of --balance_terms, in [0, 1)."}
     )
+    diagnostics: bool = field(
+        default=True,
+        metadata={
+            "help": "Log, beside the terms, the forward KL(teacher || student) at the run's temperature whatever the "
+            "divergence (teacher_kl; with a cache teacher_kl_topk and teacher_topk_mass), the student's argmax "
+            "agreement with the teacher and each term's share of the loss (never weighed into the loss), warn about "
+            "terms that train nothing, and write a summary into training_metrics.json."
+        },
+    )
+    diagnostics_window: int = field(
+        default=50,
+        metadata={
+            "help": "With --diagnostics: warn once when a distillation term has been 0 or constant for this "
+            "many optimizer steps, or, weighted, averages under 0.01 times the weighted CE over them (0 = no warnings)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # Checked before TrainingArguments does its heavier setup, so a bad flag fails at once.
@@ -378,6 +396,9 @@ class DistillationSettings:
             raise InputError(
                 f"{', '.join(penalties)} apply to policy-gradient samples; set --policy_gradient_weight > 0 or drop them"
             )
+        window = self.diagnostics_window
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise InputError(f"diagnostics_window must be an integer >= 0, got {self.diagnostics_window!r}")
         if not isinstance(self.kd_chunk_elements, int) or self.kd_chunk_elements < 1:
             raise InputError(f"kd_chunk_elements must be a positive integer, got {self.kd_chunk_elements!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:

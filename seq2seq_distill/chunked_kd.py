@@ -18,8 +18,9 @@ log-probabilities (forward KL, JS, generalized JSD with 0 < beta < 1) use its fu
 chunk instead of the PyTorch divergence. That path is kept in :func:`_liger_chunk_loss` and has not been run in
 this project's CI, which has no GPU.
 
-Why one module of about 440 lines: the autograd function, the closed-form chunk losses, the Liger path and the
-step's CE / KD pass over live or cached teacher rows are one mechanism, and they are tested together against the
+Why one module of about 520 lines: the autograd function, the closed-form chunk losses, the Liger path, the
+step's CE / KD pass over live or cached teacher rows and the diagnostics that ride along in it (teacher KL,
+top-k mass, argmax agreement: no second pass over the logits) are one mechanism, and they are tested together against the
 plain reference functions of ``losses.py``.
 """
 
@@ -40,7 +41,7 @@ from .losses import (
     get_divergence,
     jensen_shannon,
     logit_distillation_loss,
-    topk_distillation_loss,
+    topk_log_buckets,
 )
 
 # loss_fn(student_chunk [n, V], teacher_chunk [n, V]) -> summed loss of the chunk, times T**2 (a scalar).
@@ -198,6 +199,7 @@ def fused_ce_forward_kl(
     shared: int | None = None,
     teacher_chunk: torch.Tensor | None = None,
     teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None,
+    diagnostics: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """CE and forward KL of one chunk with their gradient in closed form: the common Hinton KD setup, fast.
 
@@ -207,7 +209,8 @@ def fused_ce_forward_kl(
     graph: CE's gradient is ``softmax(z) - ((1 - eps) * onehot + eps / V)``, forward KL's is ``T * (q - target)``
     with q the student's softened distribution and target the teacher's (on a top-k cache: its probability on the
     cached tokens, and off them its tail mass spread like the student's own tail, ``q_j * p_tail / q_tail``).
-    The gradient is computed only when ``student_chunk.requires_grad``.
+    The gradient is computed only when ``student_chunk.requires_grad``. ``diagnostics`` (with KD on) appends the
+    sums of :func:`row_diagnostics` to the parts; their KL is this forward KL over T², so it costs nothing here.
     """
     with torch.no_grad():
         logits = student_chunk.float()
@@ -246,6 +249,9 @@ def fused_ce_forward_kl(
                 kd, target = _topk_forward_kl(student_log_probs, student_probs, teacher_top, temperature)
             parts.append(kd)
             total = total + kd_weight * kd
+            if diagnostics:  # the diagnostic KL at the run's temperature is this very KD, without T^2
+                teacher = teacher_top if teacher_top is not None else teacher_chunk
+                parts.extend(row_diagnostics(logits[:, :shared], teacher, temperature, kl=kd / temperature**2).unbind())
             if wants_grad:
                 grad[:, :shared].add_(student_probs.sub_(target), alpha=kd_weight * temperature)
         return total, torch.stack(parts), grad
@@ -265,6 +271,52 @@ def _topk_forward_kl(student_log_probs, student_probs, teacher_top, temperature)
         kd = kd + (teacher_tail * (teacher_tail.log() - student_tail.log())).sum()
         target.add_(off_support.mul_(teacher_tail / student_tail))
     return kd * temperature**2, target
+
+
+# What row_diagnostics sums, by teacher: a live teacher's full rows, or a top-k cache (one tail bucket).
+LIVE_DIAGNOSTICS = ("teacher_kl", "argmax_agreement")
+CACHED_DIAGNOSTICS = ("teacher_kl_topk", "teacher_topk_mass", "argmax_agreement")
+
+
+def row_diagnostics(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    temperature: float,
+    *,
+    kl: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sums over one chunk's rows of the teacher-student diagnostics (no gradient, never weighed into the loss).
+
+    Why: the KD term's value depends on its divergence, so runs are compared on what these measure the same way
+    whatever it is. ``student_logits`` ``[n, V]`` are the rows both models share; ``teacher`` is a live teacher's
+    logits ``[n, V]`` or a cache's ``(log-probabilities [n, k] at the temperature, token ids [n, k])``. Returns
+    ``[teacher_kl, argmax_agreement]`` (live) or ``[teacher_kl_topk, teacher_topk_mass, argmax_agreement]`` (cache):
+    the forward KL(teacher || student) at ``temperature`` (the run's, which the cache is at; no T² factor), over
+    the whole vocabulary or over the k cached tokens plus the tail bucket; the teacher's mass on its k tokens
+    (1 - tail); the count of rows where the teacher's most likely token is also the student's (one of them, on a
+    tie). ``kl``: the KL sum when the caller already has it (the forward-KL term divided by T²).
+
+    Agreement on live rows without an argmax or a boolean ``[n, V]`` tensor (on CPUs each costs about as much as a
+    log-softmax): ``(s - max s) + (t - max t)`` is 0 exactly where both are 0, i.e. at a token both rank first
+    (each difference is <= 0 and is 0 only at its row's maximum; a sum of non-positive floats rounds to 0 only when
+    both are 0), so its row maximum is 0 exactly when the rows agree.
+    """
+    with torch.no_grad():
+        student = student_logits.detach().float()
+        student_max = student.amax(-1, keepdim=True)
+        if not isinstance(teacher, tuple):
+            teacher = teacher.detach().float()
+            if kl is None:
+                student_log_probs = F.log_softmax(student / temperature, -1)
+                kl = forward_kl(student_log_probs, F.log_softmax(teacher / temperature, -1)).sum()
+            both_first = (student - student_max).add_(teacher - teacher.amax(-1, keepdim=True)).amax(-1)
+            return torch.stack([kl.float(), (both_first == 0).sum().float()])
+        log_probs, indices = teacher
+        if kl is None:
+            kl = forward_kl(*topk_log_buckets(student, log_probs, indices, temperature)).sum()
+        teacher_top = indices.gather(-1, log_probs.argmax(-1, keepdim=True)).long()
+        agreement = (student.gather(-1, teacher_top) == student_max).sum()
+        return torch.stack([kl.float(), log_probs.float().exp().sum(), agreement.float()])
 
 
 def uses_liger(divergence: str, temperature: float, beta: float, device: torch.device) -> bool:
@@ -363,6 +415,7 @@ def ce_kd_row_pass(
     label_smoothing: float,
     shared_rows: int | None,
     chunk_elements: int,
+    diagnostics: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CE and KD in one chunked pass over the distilled rows of the student's flat logits.
 
@@ -372,16 +425,22 @@ def ce_kd_row_pass(
     term's rows, so the micro-batches of a step add up to the full batch. Rows are selected by index, so no
     ``[N, V]`` copy of either model's logits is made; each chunk computes its loss and gradient at once, with the
     weights and the normalization folded in. Returns the weighted loss and the active terms (detached) by name.
+    ``diagnostics`` (with KD on) adds the :func:`row_diagnostics` of the same rows, each divided like KD (so a
+    step's micro-batches add up to its mean per distilled row), computed chunk by chunk from the chunk's own tensors.
     """
     names = [name for name, weight in (("ce_loss", ce_weight), ("kd_loss", kd_weight)) if weight > 0]
     if not names:
         return ce_scale.new_zeros(()), {}
+    diagnostics = bool(diagnostics and kd_weight)
+    if diagnostics:
+        names += CACHED_DIAGNOSTICS if teacher_rows.cached else LIVE_DIAGNOSTICS
     rows = row_mask.reshape(-1).nonzero().squeeze(-1)
     rows_on_cpu = rows.cpu()
     student_flat = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_rows, LiveTeacherRows):
         teacher_rows.bind(rows, rows_on_cpu)
-    scales = torch.stack([scale for scale, weight in ((ce_scale, ce_weight), (kd_scale, kd_weight)) if weight > 0])
+    scales = [scale for scale, weight in ((ce_scale, ce_weight), (kd_scale, kd_weight)) if weight > 0]
+    scales = torch.stack(scales + [kd_scale] * (len(names) - len(scales)))
     closed_form = not kd_weight or (
         DIVERGENCES.get(divergence) is forward_kl and not uses_liger(divergence, temperature, beta, rows.device)
     )
@@ -405,11 +464,13 @@ def ce_kd_row_pass(
                 shared=shared_rows,
                 teacher_chunk=teacher_chunk,
                 teacher_top=teacher_top,
+                diagnostics=diagnostics,
             )
             return total, parts * scales, grad
 
     else:
-        kd_chunk = kd_chunk_function(divergence, temperature, beta, rows.device)
+        divergence_fn = get_divergence(divergence)
+        liger = _liger_chunk_loss(divergence, temperature, beta, rows.device)
 
         def chunk_loss(student_chunk: torch.Tensor, start: int, end: int):
             parts, loss = [], 0.0
@@ -418,14 +479,22 @@ def ce_kd_row_pass(
                 parts.append(ce)
                 loss = loss + ce_weight * ce * ce_scale
             student_shared = student_chunk[:, :shared_rows]
-            if teacher_rows.cached:
-                log_probs, indices = teacher_rows.chunk(start, end)
-                kd = topk_distillation_loss(
-                    student_shared, log_probs, indices, divergence=divergence, temperature=temperature, beta=beta
-                )
-            else:
-                kd = kd_chunk(student_shared, teacher_rows.chunk(start, end))
+            teacher = teacher_rows.chunk(start, end)
+            kl = None
+            if liger is not None and not teacher_rows.cached:
+                kd = liger(student_shared, teacher)
+            else:  # the reference: logit_distillation_loss / topk_distillation_loss, log-softmaxes shared with kl
+                if teacher_rows.cached:
+                    student_log_probs, teacher_log_probs = topk_log_buckets(student_shared, *teacher, temperature)
+                else:
+                    student_log_probs = F.log_softmax(student_shared.float() / temperature, dim=-1)
+                    teacher_log_probs = F.log_softmax(teacher.float() / temperature, dim=-1)
+                kd = divergence_fn(student_log_probs, teacher_log_probs, beta).sum() * temperature**2
+                if diagnostics:
+                    kl = forward_kl(student_log_probs.detach(), teacher_log_probs).sum()
             parts.append(kd)
+            if diagnostics:
+                parts.extend(row_diagnostics(student_shared, teacher, temperature, kl=kl).unbind())
             loss = loss + kd_weight * kd * kd_scale
             return loss, torch.stack(parts).detach() * scales
 
@@ -436,6 +505,8 @@ def ce_kd_row_pass(
 
 
 __all__ = [
+    "CACHED_DIAGNOSTICS",
+    "LIVE_DIAGNOSTICS",
     "CachedTeacherRows",
     "LiveTeacherRows",
     "ce_kd_row_pass",
@@ -443,5 +514,6 @@ __all__ = [
     "chunked_row_losses",
     "fused_ce_forward_kl",
     "kd_chunk_function",
+    "row_diagnostics",
     "uses_liger",
 ]

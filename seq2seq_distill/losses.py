@@ -205,6 +205,25 @@ def _log_tail(top_log_probs: torch.Tensor) -> torch.Tensor:
     return torch.log((1.0 - covered).clamp_min(1e-30))
 
 
+def topk_log_buckets(
+    student_logits: torch.Tensor, teacher_topk_log_probs: torch.Tensor, teacher_topk_indices: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outcomes a top-k cached teacher and the student are compared on, as ``([N, k (+1)], [N, k (+1)])`` log-probs.
+
+    The k cached tokens plus one "tail" outcome holding all remaining mass (the teacher's is 1 - sum of its top-k;
+    the student's, one minus its own softened mass on those tokens); no tail when k covers the whole vocabulary.
+    Split out of :func:`topk_distillation_loss` so that the KD term and a diagnostic KL can share one log-softmax.
+    """
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    student_top = student_log_probs.gather(-1, teacher_topk_indices.long())
+    teacher_top = teacher_topk_log_probs.float()
+    if teacher_top.shape[-1] < student_logits.shape[-1]:
+        # With the whole vocabulary cached there is no tail; a tail of float rounding noise would only add error.
+        student_top = torch.cat([student_top, _log_tail(student_top)], dim=-1)
+        teacher_top = torch.cat([teacher_top, _log_tail(teacher_top)], dim=-1)
+    return student_top, teacher_top
+
+
 def topk_distillation_loss(
     student_logits: torch.Tensor,
     teacher_topk_log_probs: torch.Tensor,
@@ -218,19 +237,12 @@ def topk_distillation_loss(
 
     ``student_logits`` is ``[N, V]``; ``teacher_topk_log_probs`` ``[N, k]`` are the teacher's log-probabilities at
     ``temperature`` (already softened) of the tokens in ``teacher_topk_indices`` ``[N, k]``. Both distributions are
-    compared on k + 1 outcomes: the k cached tokens and one "tail" outcome holding all remaining mass (the
-    teacher's is 1 - sum of its top-k; the student's, one minus its own mass on those tokens). The tail keeps the
-    student from being rewarded for mass it puts outside the support, and when k covers the whole vocabulary the
-    tail is empty and the value equals :func:`logit_distillation_loss`.
+    compared on k + 1 outcomes (:func:`topk_log_buckets`): the k cached tokens and one "tail" outcome holding all
+    remaining mass. The tail keeps the student from being rewarded for mass it puts outside the support, and when k
+    covers the whole vocabulary the tail is empty and the value equals :func:`logit_distillation_loss`.
     """
     divergence_fn = get_divergence(divergence)
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    student_top = student_log_probs.gather(-1, teacher_topk_indices.long())
-    teacher_top = teacher_topk_log_probs.float()
-    if teacher_top.shape[-1] < student_logits.shape[-1]:
-        # With the whole vocabulary cached there is no tail; a tail of float rounding noise would only add error.
-        student_top = torch.cat([student_top, _log_tail(student_top)], dim=-1)
-        teacher_top = torch.cat([teacher_top, _log_tail(teacher_top)], dim=-1)
+    student_top, teacher_top = topk_log_buckets(student_logits, teacher_topk_log_probs, teacher_topk_indices, temperature)
     return divergence_fn(student_top, teacher_top, beta).sum() * temperature**2
 
 
@@ -417,5 +429,7 @@ __all__ = [
     "skew_reverse_kl",
     "sorted_probability_l1",
     "teacher_mixture_log_probs",
+    "topk_distillation_loss",
+    "topk_log_buckets",
     "universal_logit_distillation_loss",
 ]

@@ -37,6 +37,7 @@ from .arguments import DistillationSettings
 from .chunked_kd import CachedTeacherRows, LiveTeacherRows, ce_kd_row_pass
 from .cross_tokenizer import cross_tokenizer_sums, merge_spans, shared_token_table, vocabulary_map
 from .data import SPAN_COLUMNS, TEACHER_COLUMNS, has_trained_labels
+from .diagnostics import attach_diagnostics, diagnostics_logs, observe_diagnostics
 from .errors import InputError, NonFiniteLossError
 from .features import PROJECTIONS_ATTR, attach_projections, capture_self_attention, feature_terms, pair_layers, relation_pairs
 from .guards import any_nonfinite, nonfinite_terms
@@ -152,6 +153,7 @@ class DistillationMixin:
         self._step_counts: torch.Tensor | None = None
         self._term_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._term_steps: dict[str, set | int] = {"train": set(), "eval": 0}
+        attach_diagnostics(self, self.plan, self.distillation)  # teacher KL, agreement, shares, warnings (--diagnostics)
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -353,6 +355,7 @@ class DistillationMixin:
         if training:
             loss = self._stop_or_skip_nonfinite(model, loss, terms)
             observe_step(self.distillation, terms)
+            observe_diagnostics(self, terms)
         self._record_terms(terms, "train" if training else "eval")
         if not return_outputs:
             return loss
@@ -448,6 +451,7 @@ class DistillationMixin:
             label_smoothing=self.args.label_smoothing_factor,
             shared_rows=self.output_size,
             chunk_elements=settings.kd_chunk_elements,
+            diagnostics=settings.diagnostics,
         )
 
     def _cross_tokenizer_terms(self, student_outputs, teacher_outputs, inputs: dict, positions: StepPositions) -> dict:
@@ -573,6 +577,7 @@ class DistillationMixin:
             self._term_steps[mode] = set() if mode == "train" else 0
         if mode == "train":
             logs.update(scheduled_logs(self.distillation))  # the scheduled and balanced values the step trained with
+            logs.update(diagnostics_logs(self))  # each term's share of the loss since the last log
         super().log(logs, *args, **kwargs)
 
 

@@ -32,6 +32,7 @@ from .data import (
     resolve_columns,
     same_tokenizer,
 )
+from .diagnostics import diagnostics_summary
 from .errors import InputError
 from .families import family_of
 from .guards import GracefulStop, TrainingInterrupted
@@ -497,6 +498,9 @@ def train_model(
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         record = {"name": name, "final_metrics": metrics, "log_history": trainer.state.log_history}
+        diagnostics = diagnostics_summary(trainer)  # means over the run (--diagnostics), None for a CE-only run
+        if diagnostics is not None:
+            record["distillation_diagnostics"] = diagnostics
         write_json(os.path.join(output_dir, TRAINING_METRICS_FILE), record)
         run = describe_run(
             name,

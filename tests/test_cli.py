@@ -463,7 +463,8 @@ def test_a_ce_only_distill_run_is_named_a_baseline(scratch_teacher, user_data, t
     data = ["--dataset_local_path", str(user_data / "mine.jsonl"), "--dataset_input_column", "story"]
     argv = ["distill", *flags, *data, "--dataset_target_column", "abstract", "--kd_weight", "0", "--ce_weight", "1"]
     assert main([*argv, "--output_dir", str(tmp_path / "ce")]) == 0
-    assert json.loads((tmp_path / "ce" / "training_metrics.json").read_text())["name"] == "baseline"
+    record = json.loads((tmp_path / "ce" / "training_metrics.json").read_text())
+    assert record["name"] == "baseline" and "distillation_diagnostics" not in record  # nothing distilled to diagnose
     assert f"baseline student (CE only: no distillation term is on) saved to {tmp_path / 'ce'}" in capsys.readouterr().out
 
 
@@ -478,6 +479,27 @@ def test_a_registered_term_trains_from_the_command_line(scratch_teacher, user_da
     logged = [entry["hidden_cosine_loss"] for entry in history if "hidden_cosine_loss" in entry]
     assert len(logged) == 3 and all(value >= 0 for value in logged)  # every one of the 3 steps
     assert main(["distill", *flags, *data, "--term_weights", "nope=1", "--output_dir", str(tmp_path / "u")]) == 2
+
+
+def test_a_distill_run_writes_the_means_of_its_diagnostics_into_training_metrics(scratch_teacher, user_data, tmp_path):
+    """``distillation_diagnostics``: the means over the run of what each step logged, in strict JSON."""
+    flags = ["--teacher", str(scratch_teacher), "--num_encoder_layers", "1", "--num_decoder_layers", "1", *TINY_TEACHER[6:]]
+    data = ["--dataset_local_path", str(user_data / "mine.jsonl"), "--dataset_input_column", "story"]
+    argv = ["distill", *flags, *data, "--dataset_target_column", "abstract", "--output_dir", str(tmp_path / "d")]
+    assert main(argv) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    record = json.loads((tmp_path / "d" / "training_metrics.json").read_text(), parse_constant=refuse)
+    summary = record["distillation_diagnostics"]
+    steps = [entry for entry in record["log_history"] if "loss" in entry]  # --logging_steps 1: one entry a step
+    assert summary["optimizer_steps"] == len(steps) == 3 and summary["warnings"] == []
+    for name in ("ce_loss", "kd_loss", "teacher_kl", "argmax_agreement"):
+        expected = sum(entry[name] for entry in steps) / len(steps)
+        assert summary["means"][name] == pytest.approx(expected, rel=1e-5, abs=2e-6), name
+    kd, ce = 0.5 * summary["means"]["kd_loss"], 0.5 * summary["means"]["ce_loss"]  # the default weights
+    assert summary["term_shares"] == pytest.approx({"ce_loss": ce / (ce + kd), "kd_loss": kd / (ce + kd)}, rel=1e-6)
 
 
 def test_benchmark_takes_output_dir_like_every_command(tmp_path):
