@@ -66,5 +66,7 @@ def embedded_defaults(model_type: str | None, command: str | None = None) -> dic
     return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {}), **recipe}
 
 
-# The embedded preset applies only when none of these is given (as a flag or config key) and no --config is.
-DATA_SOURCE_KEYS = ("dataset", "dataset_local_path", "teacher", "teacher_local_path", "teachers")
+# The embedded preset applies only when none of these is given (as a flag or config key) and no --config is. A
+# teacher cache counts: it was built by cache_teacher with a --teacher, so distilling from it must tokenize the data
+# with the same (non-embedded) lengths, or the cache's data fingerprint would not match.
+DATA_SOURCE_KEYS = ("dataset", "dataset_local_path", "teacher", "teacher_local_path", "teachers", "teacher_cache")
