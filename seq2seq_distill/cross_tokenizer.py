@@ -29,6 +29,14 @@ from .losses import get_divergence, sorted_probability_l1
 
 WORD_START = "\u2581"  # "▁": the canonical mark of a token that begins a word (SentencePiece's own spelling)
 
+# The columns of a tokenized split that crosses tokenizers, defined here (not in ``data``, which imports this module)
+# so that :func:`shared_token_divergence` reads the rows the data module writes. ``TEACHER_COLUMNS[name]`` holds what
+# the teacher reads as ``name`` (``labels``: its tokenization of the target, seq2seq and causal LM). Classification
+# shares the label space; the token-level tasks share the target *text*, and ``SPAN_COLUMNS`` say which positions of
+# the two tokenizations cover the same part of it (:func:`span_ids`): per position, the id of its aligned span, or -1.
+TEACHER_COLUMNS = {name: f"teacher_{name}" for name in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+SPAN_COLUMNS = {"student": "target_span", "teacher": "teacher_target_span"}
+
 
 class AlignedGroup(NamedTuple):
     """One aligned span: the token positions on each side (consecutive, in order) that cover the same characters."""
@@ -393,6 +401,81 @@ def hybrid_cross_tokenizer_loss(
     return kl_sum, uld_sum
 
 
+def _span_rows(model: Any, row: Mapping[str, Any], side: str, task: str, token_ids: torch.Tensor) -> dict:
+    """``{span id: (size, realized last token, log-distribution over token_ids)}`` of one unpadded row on one side."""
+    prefix = "teacher_" if side == "teacher" else ""
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([row[f"{prefix}input_ids"]], device=device)
+    labels = torch.tensor(row[f"{prefix}labels"], device=device)
+    if task == "seq2seq":  # the decoder's row p predicts labels[p]
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels[None])
+        logits, shift = model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits[0], 0
+    else:  # a causal LM's row p - 1 predicts the token at p; no span holds position 0 (span_ids leaves it out)
+        logits, shift = model(input_ids=input_ids).logits[0], 1
+    spans = row[SPAN_COLUMNS[side]]
+    positions: dict[int, list[int]] = {}
+    for position, span in enumerate(spans):
+        if span >= 0:
+            positions.setdefault(span, []).append(position)
+    ids = token_ids.to(device)
+    return {
+        span: (len(held), int(labels[held[-1]]), logits[held[-1] - shift, ids].float().log_softmax(-1))
+        for span, held in positions.items()
+    }
+
+
+@torch.no_grad()
+def shared_token_divergence(
+    student: Any,
+    teacher: Any,
+    rows: Iterable[Mapping[str, Any]],
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    task: str = "seq2seq",
+) -> tuple[float, int]:
+    """``(mean KL, count)``: how far a student of another tokenizer is from its teacher, teacher-forced on ``rows``.
+
+    Over the aligned spans that are one token on each side with the same realized token (where the hybrid's matched
+    KL applies), the mean KL(teacher || student) at T = 1 of the two next-token distributions, each restricted to
+    the tokens both vocabularies share (:func:`vocabulary_map`) and renormalized over them; ``count`` is the number
+    of such spans. Only there do the two models answer the same question (the same prefix of text, the same token
+    next) over the same outcomes, so the figure compares like with like and needs no sorting (ULD) or merging; it
+    is the measure of "closer to the teacher" of the tests and of ``benchmarks/cross_tokenizer.py``, and it can be
+    computed for a student trained with CE alone, whose loss never looked at it.
+
+    ``rows``: a tokenized split of ``data.prepare_data`` with the teacher's tokenizer (its ``TEACHER_COLUMNS`` and
+    ``SPAN_COLUMNS``); ``task``: ``"seq2seq"`` or ``"causal_lm"``. Each row runs on its own, unpadded, so padding
+    cannot move the figure. Both models are put in eval mode for the measure and returned to their modes after.
+    Raises ValueError when no span qualifies: the mean would be undefined.
+    """
+    if task not in ("seq2seq", "causal_lm"):
+        raise ValueError(f"shared_token_divergence compares token-level tasks (seq2seq, causal_lm), not {task!r}")
+    mapping = vocabulary_map(student_tokenizer, teacher_tokenizer)
+    modes = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    total, count = 0.0, 0
+    try:
+        for row in rows:
+            student_spans = _span_rows(student, row, "student", task, mapping.student_ids)
+            teacher_spans = _span_rows(teacher, row, "teacher", task, mapping.teacher_ids)
+            for span, (size, token, student_log_probs) in student_spans.items():
+                teacher_size, teacher_token, teacher_log_probs = teacher_spans[span]
+                if size == teacher_size == 1 and mapping.matched(token, teacher_token):
+                    teacher_log_probs = teacher_log_probs.to(student_log_probs.device)
+                    total += float((teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum())
+                    count += 1
+    finally:
+        student.train(modes[0])
+        teacher.train(modes[1])
+    if count == 0:
+        raise ValueError(
+            "no aligned span is one token on each side with the same realized token: the divergence over shared "
+            "tokens is undefined for these rows (do the two vocabularies share words?)"
+        )
+    return total / count, count
+
+
 def shared_token_table(mapping: VocabularyMap, student_rows: int) -> torch.Tensor:
     """``[student_rows]`` long: the teacher id of each student token both vocabularies share, -1 elsewhere."""
     table = torch.full((student_rows,), -1, dtype=torch.long)
@@ -437,6 +520,8 @@ def cross_tokenizer_sums(
 
 
 __all__ = [
+    "SPAN_COLUMNS",
+    "TEACHER_COLUMNS",
     "AlignedGroup",
     "MergedSpans",
     "VocabularyMap",
@@ -447,6 +532,7 @@ __all__ = [
     "matched_groups",
     "merge_span_log_probs",
     "merge_spans",
+    "shared_token_divergence",
     "shared_token_table",
     "span_ids",
     "token_convention",

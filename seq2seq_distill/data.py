@@ -34,7 +34,7 @@ from pyarrow.lib import ArrowException
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .arguments import DEFAULT_VALIDATION_FRACTION, DataArguments
-from .cross_tokenizer import span_ids
+from .cross_tokenizer import SPAN_COLUMNS, TEACHER_COLUMNS, span_ids
 from .errors import InputError
 from .stdlib_corpus import build_classification_corpus, build_summarization_corpus
 
@@ -50,13 +50,9 @@ TARGET_COLUMN_GUESSES = {
     "classification": ("label", "labels", "class", "category", "target"),
     "causal_lm": ("completion", "summary", "highlights", "target", "output", "answer"),
 }
-# The teacher's own tokenization of the inputs, carried beside the student's when their tokenizers differ: column
-# ``TEACHER_COLUMNS[name]`` holds what the teacher reads as ``name`` (``labels``: its tokenization of the target,
-# seq2seq and causal LM). Classification shares the label space; the token-level tasks share the target *text*,
-# and ``SPAN_COLUMNS`` say which positions of the two tokenizations cover the same part of it
-# (``cross_tokenizer.span_ids``): per position, the id of its aligned span, or -1.
-TEACHER_COLUMNS = {name: f"teacher_{name}" for name in ("input_ids", "attention_mask", "token_type_ids", "labels")}
-SPAN_COLUMNS = {"student": "target_span", "teacher": "teacher_target_span"}
+# ``TEACHER_COLUMNS`` (the teacher's own tokenization of the inputs, carried beside the student's when their
+# tokenizers differ) and ``SPAN_COLUMNS`` (the aligned spans of the two tokenizations of a target) are imported
+# from ``cross_tokenizer``, which defines them because its ``shared_token_divergence`` reads them too.
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -55,6 +55,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, model_type: st
     tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
+    return _framed(tokenizer, model_type)
+
+
+def _framed(tokenizer: Tokenizer, model_type: str) -> PreTrainedTokenizerFast:
+    """``tokenizer`` framing each sequence as ``model_type`` does, wrapped with this module's special tokens."""
     template = _TEMPLATES[model_type]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=template,
@@ -71,6 +76,29 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, model_type: st
         cls_token=BOS,
         sep_token=EOS,
     )
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = 1000, model_type: str = "bart") -> PreTrainedTokenizerFast:
+    """BART's and GPT-2's algorithm for ``texts``: byte-level BPE, no normalization, framed the way ``model_type``
+    expects, with the special-token ids of :func:`tiny_config`. Another algorithm and vocabulary than
+    :func:`train_tokenizer`'s WordPiece: the tokenizer of a student distilled across tokenizers.
+
+    It is trained by the ``tokenizers`` BPE trainer, whose ties between equally frequent pairs may fall another way in
+    another process: where several processes must share one tokenizer, build it once and save it.
+    """
+    if model_type not in _TEMPLATES:
+        raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(_TEMPLATES)}")
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return _framed(tokenizer, model_type)
 
 
 def tiny_config(

@@ -10,37 +10,15 @@ import pytest
 import torch
 from datasets import load_from_disk
 from rouge_score import rouge_scorer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from seq2seq_distill.cli import main
 from seq2seq_distill.stdlib_corpus import build_summarization_corpus
-from seq2seq_distill.tiny import BOS, BOS_ID, EOS, EOS_ID, MASK, PAD, SPECIAL_TOKENS, UNK, tiny_model, train_tokenizer
+from seq2seq_distill.tiny import tiny_model, train_byte_level_bpe, train_tokenizer
 
 ROWS = build_summarization_corpus()[:16]
 SOURCE_LENGTH, TARGET_LENGTH, STUDENT_TARGET_LENGTH = 64, 12, 24
 LATENCY = ["--latency_examples", "1", "--latency_min_timings", "1", "--latency_min_time", "0", "--warmup_batches", "0"]
-
-
-def bart_byte_level_bpe(texts: list[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """BART's algorithm (byte-level BPE, no normalization, <s> ... </s>), with the special-token ids of
-    ``tiny.tiny_config("bart")``; another algorithm and vocabulary than the teacher's WordPiece."""
-    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B:1 {EOS}:1", special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=BOS, mask_token=MASK
-    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +29,7 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sequence_kd")
     texts = [row["document"] + "\n" + row["summary"] for row in ROWS]
     teacher_tokenizer = train_tokenizer(texts, vocab_size=300, model_type="t5")
-    student_tokenizer = bart_byte_level_bpe(texts)
+    student_tokenizer = train_byte_level_bpe(texts, vocab_size=400, model_type="bart")
     torch.manual_seed(0)
     # A wider initialization than T5's: a random tiny T5 writes the same words for every input, this one does not.
     teacher = tiny_model("t5", len(teacher_tokenizer), hidden=16, layers=2, heads=2, initializer_factor=5.0)
