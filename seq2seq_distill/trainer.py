@@ -4,10 +4,10 @@ This module is the Trainer integration only: it plans the run's terms from the t
 term's positions over the whole optimizer step (``get_batch_samples``), runs the student and, only when some term
 needs it, the frozen teacher (``compute_loss``), asks either model for hidden states or attentions (or records the
 queries, keys and values of mapped self-attention layers) only when some term uses them, calls each group of terms
-(the CE / KD row pass in ``chunked_kd.py``, the feature terms in ``features.py``, the span terms across tokenizers
-in ``cross_tokenizer.py``, the policy-gradient terms in ``policy.py``, and every registered term), mixes them with
-the weights of the table, stops or skips on a non-finite term (``guards.py`` finds it), and logs each term on its own. Everything else (the loop, accumulation, mixed
-precision, checkpoints, distributed runs, generation) is the Trainer's.
+(the CE / KD row pass in ``chunked_kd.py``, the feature terms in ``features.py``, the span terms across tokenizers in
+``cross_tokenizer.py``, the policy-gradient terms in ``policy.py``, and every registered term), mixes them with the
+weights of the table, stops or skips on a non-finite term (``guards.py`` finds it), and logs each term on its own.
+Everything else (the loop, accumulation, mixed precision, checkpoints, distributed runs, generation) is the Trainer's.
 
 Normalization: each term is a sum over its positions divided by the count of those positions in the *whole
 optimizer step*: CE by the step's labelled rows, KD and decoder features by its distilled rows (the Trainer's
