@@ -12,6 +12,10 @@ Three steps, each a plain function on strings or tensors, so the trainer (or a u
 
 :class:`VocabularyMap` is the token-string correspondence between the two vocabularies, built once per pair of
 tokenizers. Losses are sums over the rows given, in float32, like everything in ``losses``.
+
+About 540 lines, one job: everything token-level distillation across tokenizers needs, from strings (offsets,
+canonical token text, the vocabulary map) to tensors (span merge, ULD and the hybrid, the held-out measure); the
+string half would be the first to move out.
 """
 
 from __future__ import annotations
@@ -350,15 +354,30 @@ def matched_groups(
     Only there is an exact KL meaningful: a merged group's row is a distribution over spans with different
     prefixes on the two sides, and two different realized tokens mean the rows are conditioned differently.
     """
-    return torch.tensor(
-        [
-            len(group.student_positions) == 1
-            and len(group.teacher_positions) == 1
-            and mapping.matched(student_token_ids[group.student_positions[0]], teacher_token_ids[group.teacher_positions[0]])
-            for group in groups
-        ],
-        dtype=torch.bool,
-    )
+    sizes = [
+        torch.tensor([len(getattr(group, side)) for group in groups], dtype=torch.long)
+        for side in ("student_positions", "teacher_positions")
+    ]
+    last = [
+        torch.tensor([int(ids[getattr(group, side)[-1]]) for group in groups], dtype=torch.long)
+        for ids, side in ((student_token_ids, "student_positions"), (teacher_token_ids, "teacher_positions"))
+    ]
+    rows = int(max([*mapping.student_ids.tolist(), *last[0].tolist()], default=0)) + 1
+    return same_single_token(sizes[0], last[0], sizes[1], last[1], shared_token_table(mapping, rows))
+
+
+def same_single_token(
+    student_sizes: torch.Tensor,
+    student_tokens: torch.Tensor,
+    teacher_sizes: torch.Tensor,
+    teacher_tokens: torch.Tensor,
+    shared_table: torch.Tensor,
+) -> torch.Tensor:
+    """The hybrid's rule, vectorized: a span is matched where it is one token on each side and the student's
+    realized token maps (``shared_table``, from :func:`shared_token_table`) to the teacher's."""
+    table = shared_table.to(student_tokens.device)
+    same_token = table[student_tokens.clamp_max(table.numel() - 1)] == teacher_tokens.to(table.device)
+    return (student_sizes == 1) & (teacher_sizes.to(table.device) == 1) & same_token
 
 
 def hybrid_cross_tokenizer_loss(
@@ -498,7 +517,7 @@ def cross_tokenizer_sums(
 
     Without ``mapping`` (ULD alone) every span is compared by ULD and the first sum is 0. With it (the hybrid), a
     span is *matched* where it is one token on each side and the two realized tokens are the same token (the
-    vectorized :func:`matched_groups`, via ``shared_table`` of :func:`shared_token_table`): exact KL over the shared
+    :func:`same_single_token`, via ``shared_table`` of :func:`shared_token_table`): exact KL over the shared
     tokens there, ULD on the rest (:func:`hybrid_cross_tokenizer_loss`). The rows were merged from log-softmaxes at
     ``temperature``.
     """
@@ -511,9 +530,7 @@ def cross_tokenizer_sums(
         uld_sum = sorted_probability_l1(student.log_probs.exp(), teacher.log_probs.exp()).sum()
         return student.log_probs.new_zeros(()), uld_sum
     table = shared_table if shared_table is not None else shared_token_table(mapping, student.log_probs.shape[1])
-    table = table.to(student.last_tokens.device)
-    same_token = table[student.last_tokens.clamp_max(table.numel() - 1)] == teacher.last_tokens.to(table.device)
-    matched = (student.sizes == 1) & (teacher.sizes.to(table.device) == 1) & same_token
+    matched = same_single_token(student.sizes, student.last_tokens, teacher.sizes, teacher.last_tokens, table)
     return hybrid_cross_tokenizer_loss(
         student.log_probs, teacher.log_probs, matched, mapping, divergence=divergence, beta=beta, temperature=temperature
     )
@@ -532,6 +549,7 @@ __all__ = [
     "matched_groups",
     "merge_span_log_probs",
     "merge_spans",
+    "same_single_token",
     "shared_token_divergence",
     "shared_token_table",
     "span_ids",

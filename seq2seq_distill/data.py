@@ -5,11 +5,12 @@ files named by split), ``--dataset`` (the hub), else the embedded standard-libra
 test splits are carved out of train with ``--split_seed``, so every command of a config sees the same examples.
 Tokenization goes through ``datasets.map`` and is cached by ``datasets`` for file-backed data.
 
-Over 400 lines on purpose (about 770): it holds the per-format file diagnostics (the first bad jsonl / csv line,
+Over 400 lines on purpose (about 880): it holds the per-format file diagnostics (the first bad jsonl / csv line,
 the byte offset of non-UTF-8 text, a column missing from one file), which only make sense beside the readers they
-explain, and the one tokenization of every split, a teacher's second tokenization of the same texts included
-(classification across tokenizers), so that both read a row the same way. The next piece to move out when it
-grows: the file diagnostics, into a module of their own.
+explain, and the one tokenization of every split, a teacher's second tokenization of the same texts and the aligned
+spans of the two included (across tokenizers), so that both read a row the same way. The next pieces to move out:
+the file diagnostics, and the cross-tokenizer encoding (``_encode_*`` with offsets, ``_aligned_spans``, the teacher
+columns' collator), each into a module of its own.
 """
 
 from __future__ import annotations

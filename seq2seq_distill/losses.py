@@ -8,6 +8,9 @@ never enters a softmax.
 Divergences live in a small registry so that a setting such as ``divergence="reverse_kl"`` maps to a function and
 users can add their own with :func:`register_divergence` without touching the trainer. This module imports only
 torch (and the package's exception type).
+
+About 430 lines of independent functions, one per distance (with the registry of divergences): each is tested
+alone on tensors, so they stay together where a reader looks for "which loss is this".
 """
 
 from __future__ import annotations

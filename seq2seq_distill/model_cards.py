@@ -12,6 +12,9 @@ instead of editing text. :func:`model_card` is a pure function from (run, result
 with :func:`save_model_card` after saving a model. The Trainer writes a card of its own only when it pushes, into its
 ``output_dir`` (``<output>/checkpoints`` here), never into the model's folder; with ``--push_to_hub`` ours is pushed
 after the Trainer's push, so the Hub shows the complete one.
+
+About 450 lines, one job: the card of a saved model, from the run's record to the Hub's metadata and the body's
+wording, and its rebuild after a benchmark; most of it is the body's text.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ of the teacher layers the student's layer pairing reads, at the positions the fe
 tokens), ``[positions, cached layers, hidden]`` per example. In training, :meth:`TeacherCache.teacher_outputs`
 scatters them back onto the batch's padded positions as a teacher's ``hidden_states`` tuple, so the hidden-state
 and norm terms run unchanged; attention maps and self-attention relations are not cached.
+
+About 460 lines, one job: the cache's whole life (build, fingerprints, checks, attach, collate, the cached hidden
+states back onto the batch's positions); its format and its checks change together.
 """
 
 from __future__ import annotations

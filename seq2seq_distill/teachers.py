@@ -28,6 +28,9 @@ for its own forward pass, so the device holds the student and one teacher at a t
 with another teacher set is refused, naming what changed (:func:`check_resume_teachers`).
 
 One teacher takes the trainer's plain path (its forward and raw logits, as before); only the record is added.
+
+About 440 lines, one job: what several teachers add over one (names, weights, the mixture, routing, offloading,
+the checkpoint record and its resume check); the single-teacher path does not touch it.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ features, causal-LM features) by the step's non-padding input tokens, all gather
 terms follow the same rule over the step's sampled tokens and sequences (see ``policy.py``). Summing micro-batch
 losses therefore gives exactly the full-batch loss, with any padding and any completion lengths.
 
-About 500 lines, most of them the Trainer hooks and their docstrings; the term arithmetic lives in the modules
+About 700 lines, most of them the Trainer hooks and their docstrings; the term arithmetic lives in the modules
 named above, and ``check_plan`` (the run's terms against what it was given: teacher, cache, teacher tokenization,
-transfer rows) sits here because only the trainer sees the teacher, the cache and the data together.
+transfer rows) sits here because only the trainer sees the teacher, the cache and the data together. The setup of
+several teachers (routing, offloading, ``teachers.json``) is glue around ``teachers.py``; it would move there first.
 """
 
 from __future__ import annotations

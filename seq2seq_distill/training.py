@@ -5,6 +5,10 @@ teacher or a baseline student is a run whose only term is CE), writes its final 
 folder, Trainer checkpoints to ``<output>/checkpoints``, every logged value to ``<output>/training_metrics.json``
 (each evaluation with the task's metrics, :func:`task_metrics`) and its model card to ``<output>/README.md``
 (``model_cards.py``); a causal-LM run with ``--predict_with_generate`` ends with validation by generation.
+
+About 670 lines: the pieces every command shares for one run (teacher and tokenizer loading, the student's own
+tokenizer, LoRA and several teachers' loading, ``train_model`` and its metrics, card and interruption handling);
+split when one of them grows a second caller outside ``commands.py``.
 """
 
 from __future__ import annotations

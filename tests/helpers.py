@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainerCallback
@@ -57,6 +58,27 @@ class GradientRecorder(TrainerCallback):
 
 def parameters_copy(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_accumulation_is_exact(trainer_for, names, grad_rtol: float = 1e-5, grad_atol: float = 1e-5) -> dict:
+    """One optimizer step of a batch of 8 against 4 micro-batches of 2: the same logged ``names`` and gradients.
+
+    ``trainer_for(batch_size, accumulation)`` builds a trainer around a fresh copy of the student; returns the full
+    batch's first log entry (for further checks).
+    """
+    results = []
+    for batch_size, accumulation in ((8, 1), (2, 4)):
+        recorder = GradientRecorder()
+        trainer = trainer_for(batch_size, accumulation)
+        trainer.add_callback(recorder)
+        trainer.train()
+        results.append((trainer.state.log_history[0], recorder.gradients[0]))
+    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = results
+    for name in names:
+        assert accumulated_logs[name] == pytest.approx(full_logs[name], abs=1e-5, rel=1e-5), name
+    for name, gradient in full_grads.items():
+        torch.testing.assert_close(accumulated_grads[name], gradient, rtol=grad_rtol, atol=grad_atol, msg=name)
+    return full_logs
 
 
 def assert_resumes_exactly(student, trainer_for, tmp_path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
-from helpers import TRAINING_DEFAULTS, GradientRecorder, assert_resumes_exactly
+from helpers import TRAINING_DEFAULTS, assert_accumulation_is_exact, assert_resumes_exactly
 from test_cross_tokenizer import byte_level_bpe
 from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -248,10 +248,9 @@ def test_gradient_accumulation_equals_full_batch_across_tokenizers(task, seq2seq
     tokenizers = seq2seq_tokenizers if task == "seq2seq" else causal_tokenizers
     teacher, student = (seq2seq_models if task == "seq2seq" else causal_models)(tokenizers)
     train = prepared(task, tokenizers).tokenized["train"].select(range(8))
-    results = []
-    for batch_size, accumulation in ((8, 1), (2, 4)):
-        recorder = GradientRecorder()
-        trainer = trainer_of(
+
+    def trainer_for(batch_size, accumulation):
+        return trainer_of(
             task,
             tokenizers,
             copy.deepcopy(student),
@@ -262,14 +261,9 @@ def test_gradient_accumulation_equals_full_batch_across_tokenizers(task, seq2seq
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
         )
-        trainer.add_callback(recorder)
-        trainer.train()
-        results.append((trainer.state.log_history[0], recorder.gradients[0]))
-    (full_logs, full_grads), (accumulated_logs, accumulated_grads) = results
-    for name in ("loss", "ce_loss", "uld_loss", "matched_kl_loss"):
-        assert accumulated_logs[name] == pytest.approx(full_logs[name], abs=1e-5, rel=1e-5), name
-    for name, gradient in full_grads.items():
-        torch.testing.assert_close(accumulated_grads[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+    names = ("loss", "ce_loss", "uld_loss", "matched_kl_loss")
+    assert_accumulation_is_exact(trainer_for, names, grad_rtol=1e-4, grad_atol=1e-6)
 
 
 def test_a_cross_tokenizer_run_resumes_exactly(seq2seq_tokenizers, tmp_path):

@@ -257,12 +257,24 @@ class Exact(evaluate.Metric):
 '''
 
 
-def test_an_evaluate_metric_from_a_local_folder_plugs_in(tiny, tokenizer_for, tmp_path):
+def test_an_evaluate_metric_from_a_local_folder_plugs_in(tiny, tokenizer_for, tmp_path, monkeypatch):
+    """``evaluate.load`` of a local folder, offline: the Hub is switched off and any connection attempt fails the test."""
+    import socket
+
     evaluate = pytest.importorskip("evaluate", reason="evaluate is optional (pip install -e .[dev])")
     folder = tmp_path / "exact"
     folder.mkdir()
     (folder / "exact.py").write_text(EXACT_METRIC)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"evaluate.load reached for the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     metric = evaluate.load(str(folder))
+    monkeypatch.undo()  # the trainer below needs no network either, but leave sockets as they were
 
     def compute_metrics(prediction):
         return metric.compute(predictions=prediction.predictions, references=prediction.label_ids)
