@@ -654,7 +654,8 @@ class DataArguments:
         default=0,
         metadata={
             "help": "Augmented copies of each labelled training input added to the transfer set (Tang et al. 2019: "
-            "masking, same-corpus word replacement, n-gram sampling); KD only. 0 = off."
+            "masking, same-corpus word replacement, n-gram sampling); KD only. 0 = off. pipeline: 1 unless a "
+            "transfer set or --augment_copies is given."
         },
     )
     augment_mask_prob: float = field(
@@ -812,6 +813,15 @@ class PipelineArguments:
         default=True,
         metadata={"help": "Also train the same student without distillation (CE only), to see whether distillation helped."},
     )
+    baseline_steps: str = field(
+        default="epochs",
+        metadata={
+            "help": "How long the CE-only baseline trains. epochs: --num_train_epochs over its own rows (the labelled "
+            "ones). matched: as many optimizer steps as the distilled run of its seed, which also trains on the "
+            "transfer set; then a win cannot come from the longer run alone.",
+            "choices": ["epochs", "matched"],
+        },
+    )
     seeds: int = field(
         default=1,
         metadata={
@@ -824,6 +834,8 @@ class PipelineArguments:
 
     def __post_init__(self) -> None:
         check_at_least(self, ("seeds",), 1)
+        if self.baseline_steps not in ("epochs", "matched"):
+            raise InputError(f"--baseline_steps must be epochs or matched, got {self.baseline_steps!r}")
 
 
 @dataclass

@@ -43,7 +43,7 @@ from .arguments import (
 from .config_files import config_defaults, read_config_file, write_config
 from .errors import InputError, NonFiniteLossError
 from .guards import TrainingInterrupted
-from .presets import DATA_SOURCE_KEYS, TRAINING_DEFAULTS, embedded_defaults
+from .presets import DATA_SOURCE_KEYS, PIPELINE_DEFAULTS, TRAINING_DEFAULTS, TRANSFER_SOURCE_KEYS, embedded_defaults
 from .processes import is_main_process
 
 __all__ = ["COMMANDS", "Command", "all_setting_names", "build_parser", "console_main", "main", "parse_command", "run"]
@@ -247,6 +247,8 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
         )
     elif not config_path and not given & set(DATA_SOURCE_KEYS):
         parser.set_defaults(**preset)
+    elif command.name == "pipeline" and not given & set(TRANSFER_SOURCE_KEYS):
+        parser.set_defaults(**PIPELINE_DEFAULTS)  # its recipe on any data: augment when no transfer set is given
     if file_values:
         parser.set_defaults(**config_defaults(file_values, parser, all_setting_names(), command.name))
     try:

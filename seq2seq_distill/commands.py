@@ -410,6 +410,8 @@ def run_pipeline(
 
     With ``--seeds N`` above 1 the teacher is trained once and each student N times (:func:`_seed_runs`), into
     ``baseline-seedS`` / ``distilled-seedS``; the benchmark reports each setting's mean and spread over its runs.
+    With ``--baseline_steps matched`` the baseline trains as many optimizer steps as the distilled run of its seed
+    (which also sees the transfer set), so that a win cannot come from the longer run alone.
     """
     from .benchmark import run_benchmark
 
@@ -439,18 +441,23 @@ def run_pipeline(
     settings = {"baseline": [], "distilled": []} if pipeline_args.train_baseline else {"distilled": []}
     runs, seeds = {"teacher": teacher_run}, {}
     source = teacher_run.path  # what the students' model cards name as their teacher
+    # matched: the baseline's step count is the distilled run's, so the distilled student of each seed trains first
+    training_order = ["distilled", "baseline"] if pipeline_args.baseline_steps == "matched" else ["baseline", "distilled"]
     for seed, seeded_args in seed_runs:
         student = build_student(teacher, model_args, seeded_args)
-        for setting in settings:
+        baseline_start = copy.deepcopy(student) if "baseline" in settings else None  # both runs start from these weights
+        trained = {}
+        for setting in (setting for setting in training_order if setting in settings):
             name = setting if pipeline_args.seeds == 1 else f"{setting}-seed{seed}"
             folder = os.path.join(root, name)
-            if setting == "baseline":  # a copy: the distilled run of this seed starts from the same weights
-                run = train_model(
-                    name, copy.deepcopy(student), None, data, tokenizer, ce_only(seeded_args), folder, teacher_source=source
-                )
+            if setting == "baseline":
+                baseline_args = ce_only(seeded_args)
+                if "distilled" in trained:
+                    baseline_args = with_overrides(baseline_args, max_steps=trained["distilled"].steps)
+                run = train_model(name, baseline_start, None, data, tokenizer, baseline_args, folder, teacher_source=source)
             else:
                 run = train_model(name, student, teacher, data, tokenizer, seeded_args, folder, teacher_source=source)
-            runs[name], seeds[name] = run, seed
+            runs[name], seeds[name], trained[setting] = run, seed, run
             settings[setting].append(name)
     order = ["teacher", *(name for names in settings.values() for name in names)]  # each setting's seeds together
     models = {name: runs[name].path for name in order}

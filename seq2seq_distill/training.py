@@ -102,6 +102,7 @@ class TrainedModel:
     name: str
     path: str
     metrics: dict
+    steps: int | None = None  # optimizer steps it trained (None: not trained here, e.g. a given teacher)
 
 
 # ---- what the run is about -------------------------------------------------------------------------------------
@@ -521,7 +522,7 @@ def train_model(
         save_model_card(output_dir, run, token=args.hub_token, revision=args.hub_revision)
     if stop.received is not None:  # the signal came at the very last step: finished and saved, but stop here
         raise TrainingInterrupted(stop.received, trainer.state.global_step, finished_in=output_dir)
-    return TrainedModel(name, output_dir, metrics)
+    return TrainedModel(name, output_dir, metrics, trainer.state.global_step)
 
 
 # ---- several teachers (--teachers) -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from seq2seq_distill.arguments import (
 )
 from seq2seq_distill.cli import COMMANDS, main, parse_command
 from seq2seq_distill.errors import InputError
-from seq2seq_distill.presets import EMBEDDED_DEFAULTS, embedded_defaults
+from seq2seq_distill.presets import EMBEDDED_DEFAULTS, PIPELINE_DEFAULTS, embedded_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TEACHER = [*TINY_RUN_FLAGS, "--max_steps", "3"]
@@ -140,6 +140,12 @@ def test_embedded_defaults_apply_only_without_a_data_source(tmp_path):
     assert parse("pipeline")[DataArguments].augment_copies == embedded_defaults("t5", "pipeline")["augment_copies"] > 0
     assert config["augment_copies"] == embedded_defaults("t5", "pipeline")["augment_copies"]
     assert parse("distill")[DataArguments].augment_copies == 0
+    # On any data, the pipeline augments unless it is given a transfer set or a number of copies.
+    local = ("--dataset_local_path", str(tmp_path))
+    assert parse("pipeline", *local)[DataArguments].augment_copies == PIPELINE_DEFAULTS["augment_copies"] > 0
+    assert parse("pipeline", *local, "--transfer_dataset_local_path", str(written))[DataArguments].augment_copies == 0
+    assert parse("pipeline", *local, "--augment_copies", "3")[DataArguments].augment_copies == 3
+    assert parse("distill", *local)[DataArguments].augment_copies == 0
 
 
 @pytest.mark.parametrize(

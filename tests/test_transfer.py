@@ -182,3 +182,28 @@ def test_augmented_copies_join_the_transfer_rows_and_leave_the_labelled_rows_alo
     tail = trained_on.select(range(len(labelled_rows), len(trained_on)))
     assert set(tail["labels"]) == {-100} and set(tail[KD_ONLY_COLUMN]) == {1}
     assert data.raw[TRANSFER_SPLIT]["text"] == expected["text"]
+
+
+def _steps(folder) -> int:
+    """Optimizer steps a saved run trained, from its own log (the Trainer's last log entry holds the final step)."""
+    return json.loads((folder / "training_metrics.json").read_text())["log_history"][-1]["step"]
+
+
+def test_matched_baseline_steps_train_the_baseline_as_long_as_the_distilled_run(tmp_path):
+    from seq2seq_distill.cli import main
+
+    words = "the cat sat on a mat while dogs ran far away into green fields".split()
+    rows = [{"text": " ".join(words[i % 7 : i % 7 + 6]), "label": ["a", "b"][i % 2]} for i in range(32)]
+    labelled = _write_jsonl(tmp_path / "train.jsonl", rows)
+    transfer = _write_jsonl(tmp_path / "more.jsonl", [{"text": " ".join(words[i % 9 : i % 9 + 5])} for i in range(40)])
+    argv = ["pipeline", "--model_type", "bert", "--task", "classification", "--dataset_local_path", labelled]
+    argv += ["--transfer_dataset_local_path", transfer, "--test_fraction", "0.25", "--num_train_epochs", "1"]
+    argv += ["--per_device_train_batch_size", "8", "--scratch_hidden_size", "32", "--scratch_num_layers", "2"]
+    argv += ["--scratch_vocab_size", "100", "--num_encoder_layers", "1", "--latency_min_time", "0", "--save_strategy", "no"]
+    steps = {}
+    for mode in ("epochs", "matched"):
+        assert main([*argv, "--baseline_steps", mode, "--output_dir", str(tmp_path / mode)]) == 0
+        steps[mode] = {name: _steps(tmp_path / mode / name) for name in ("baseline", "distilled")}
+    assert steps["epochs"]["baseline"] < steps["epochs"]["distilled"]  # 1 epoch of its labelled rows only
+    assert steps["matched"]["baseline"] == steps["matched"]["distilled"] == steps["epochs"]["distilled"]
+    assert main([*argv, "--baseline_steps", "longest", "--output_dir", str(tmp_path / "bad")]) == 2
