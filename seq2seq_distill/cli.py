@@ -236,7 +236,7 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
     file_values = read_config_file(config_path) if config_path else {}
     given = set(file_values) | {_flag_name(arg) for arg in argv if arg.startswith("--")}
     known = _destinations(parser)
-    embedded = embedded_defaults(_flag_value(argv, "model_type"), command.name)
+    embedded = embedded_defaults(_flag_value(argv, "model_type"))
     preset = {key: value for key, value in embedded.items() if key in known}
     if any(arg in ("-h", "--help") for arg in argv):
         # Help shows the defaults of a real run; what the embedded default changes is listed apart.
@@ -245,10 +245,11 @@ def parse_command(command: Command, argv: Sequence[str]) -> dict[type, object]:
             "Without --dataset, --dataset_local_path, --teacher, --teacher_local_path or --config, the command runs the "
             f"embedded default (stdlib docstrings, a small teacher from scratch), which changes: {changes}."
         )
-    elif not config_path and not given & set(DATA_SOURCE_KEYS):
-        parser.set_defaults(**preset)
-    elif command.name == "pipeline" and not given & set(TRANSFER_SOURCE_KEYS):
-        parser.set_defaults(**PIPELINE_DEFAULTS)  # its recipe on any data: augment when no transfer set is given
+    else:
+        if not config_path and not given & set(DATA_SOURCE_KEYS):
+            parser.set_defaults(**preset)
+        if command.name == "pipeline" and not given & set(TRANSFER_SOURCE_KEYS):
+            parser.set_defaults(**PIPELINE_DEFAULTS)  # its recipe on any data: augment when no transfer set is given
     if file_values:
         parser.set_defaults(**config_defaults(file_values, parser, all_setting_names(), command.name))
     try:

@@ -5,7 +5,7 @@ Each function takes the command's parsed argument objects and returns what it ma
 path, or the benchmark's summary); ``cli.py`` parses and prints, nothing here reads ``sys.argv``. The helpers of one
 training run are in ``training.py``, inference in ``inference.py``, measuring in ``benchmark.py``.
 
-About 480 lines: one function per command, each the order of its steps and the checks that must come before the
+About 490 lines: one function per command, each the order of its steps and the checks that must come before the
 first weight is read (which is why they sit beside the steps they guard); the pieces they call live elsewhere.
 """
 

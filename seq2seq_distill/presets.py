@@ -63,12 +63,11 @@ EMBEDDED_STUDENT_LAYERS = {
 }
 
 
-def embedded_defaults(model_type: str | None, command: str | None = None) -> dict:
-    """The embedded preset for a model type (t5 when none is given) and command: shared settings, its student's
-    layers, and for ``pipeline`` its recipe (written out by ``--create-config`` with the rest)."""
+def embedded_defaults(model_type: str | None) -> dict:
+    """The embedded preset for a model type (t5 when none is given): shared settings and its student's layers (the
+    pipeline's recipe, ``PIPELINE_DEFAULTS``, applies on top as on any data)."""
     model_type = model_type or "t5"
-    recipe = PIPELINE_DEFAULTS if command == "pipeline" else {}
-    return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {}), **recipe}
+    return {"model_type": model_type, **EMBEDDED_DEFAULTS, **EMBEDDED_STUDENT_LAYERS.get(model_type, {})}
 
 
 # The embedded preset applies only when none of these is given (as a flag or config key) and no --config is. A

@@ -137,14 +137,15 @@ def test_embedded_defaults_apply_only_without_a_data_source(tmp_path):
     }  # the written file runs the same pipeline as no flags at all
     assert parse("pipeline", "--model_type", "gpt2")[ModelArguments].num_layers == 2
     # The pipeline's recipe (an augmented transfer set) is the pipeline's only, and in its written config.
-    assert parse("pipeline")[DataArguments].augment_copies == embedded_defaults("t5", "pipeline")["augment_copies"] > 0
-    assert config["augment_copies"] == embedded_defaults("t5", "pipeline")["augment_copies"]
+    assert parse("pipeline")[DataArguments].augment_copies == PIPELINE_DEFAULTS["augment_copies"] > 0
+    assert config["augment_copies"] == PIPELINE_DEFAULTS["augment_copies"]
     assert parse("distill")[DataArguments].augment_copies == 0
     # On any data, the pipeline augments unless it is given a transfer set or a number of copies.
     local = ("--dataset_local_path", str(tmp_path))
     assert parse("pipeline", *local)[DataArguments].augment_copies == PIPELINE_DEFAULTS["augment_copies"] > 0
     assert parse("pipeline", *local, "--transfer_dataset_local_path", str(written))[DataArguments].augment_copies == 0
     assert parse("pipeline", *local, "--augment_copies", "3")[DataArguments].augment_copies == 3
+    assert parse("pipeline", "--transfer_dataset_local_path", str(written))[DataArguments].augment_copies == 0  # embedded too
     assert parse("distill", *local)[DataArguments].augment_copies == 0
 
 
